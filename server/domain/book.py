@@ -1,0 +1,181 @@
+"""The order rules over storage: one method per use case, one transaction per method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from ..storage import repository as repo
+from ..storage.database import Database
+from .errors import AlreadyExists, NotFound
+from .lifecycle import Action, next_status, rollup_share
+from .paging import decode_token, encode_token, page_size
+from .records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
+from .seeding import SeedRun, plan_seed
+from .validation import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, Violations, order_total
+
+__all__ = ["DEFAULT_SUMMARY_LIMIT", "MAX_SUMMARY_LIMIT", "OrderBook"]
+
+DEFAULT_SUMMARY_LIMIT = 10
+T = TypeVar("T")
+MAX_SUMMARY_LIMIT = 1000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _order_not_found(order_id: int) -> NotFound:
+    return NotFound(f"order {order_id} does not exist", reason="ORDER_NOT_FOUND")
+
+
+def _customer_not_found(customer_id: int) -> NotFound:
+    return NotFound(f"customer {customer_id} does not exist", reason="CUSTOMER_NOT_FOUND")
+
+
+class OrderBook:
+    def __init__(
+        self, database: Database, seed_max_rows: int, clock: Callable[[], datetime] = _now
+    ) -> None:
+        self._db = database
+        self._seed_max_rows = seed_max_rows
+        self._clock = clock
+
+    # Customers
+
+    def create_customer(self, email: str, name: str) -> Customer:
+        violations = Violations()
+        violations.email("email", email)
+        violations.text("name", name, MAX_NAME_LENGTH)
+        violations.raise_if_any()
+        try:
+            with self._db.write() as session:
+                return repo.insert_customer(session, email, name, self._clock())
+        except repo.EmailTaken:
+            raise AlreadyExists(
+                f"a customer with email {email!r} already exists (emails are case-insensitive)",
+                reason="EMAIL_ALREADY_EXISTS",
+            ) from None
+
+    def get_customer(self, customer_id: int) -> Customer:
+        violations = Violations()
+        violations.positive_id("id", customer_id)
+        violations.raise_if_any()
+        with self._db.session() as session:
+            customer = repo.get_customer(session, customer_id)
+        if customer is None:
+            raise _customer_not_found(customer_id)
+        return customer
+
+    def list_customers(self, requested_size: int, token: str) -> Page[Customer]:
+        violations = Violations()
+        size = page_size(requested_size, violations)
+        after = decode_token(token, "customers", violations)
+        violations.raise_if_any()
+        with self._db.session() as session:
+            found = repo.list_customers(session, after, size + 1)
+        return _page(found, size, "customers", lambda c: c.id)
+
+    # Orders
+
+    def create_order(self, customer_id: int, items: Sequence[NewItem]) -> Order:
+        violations = Violations()
+        violations.positive_id("customer_id", customer_id)
+        violations.items("items", items)
+        violations.raise_if_any()
+        with self._db.write() as session:
+            customer = repo.get_customer(session, customer_id)
+            if customer is None:
+                raise _customer_not_found(customer_id)
+            return repo.insert_order(session, customer, items, order_total(items), self._clock())
+
+    def get_order(self, order_id: int) -> Order:
+        violations = Violations()
+        violations.positive_id("id", order_id)
+        violations.raise_if_any()
+        with self._db.session() as session:
+            order = repo.get_order(session, order_id)
+        if order is None:
+            raise _order_not_found(order_id)
+        return order
+
+    def list_orders(self, filters: OrderFilter, requested_size: int, token: str) -> Page[Order]:
+        violations = Violations()
+        if filters.customer_id is not None and filters.customer_id < 0:
+            violations.add("customer_id", f"must not be negative, got {filters.customer_id}")
+        if filters.email is not None and len(filters.email) > MAX_EMAIL_LENGTH:
+            violations.add("email", f"must be at most {MAX_EMAIL_LENGTH} characters")
+        size = page_size(requested_size, violations)
+        after = decode_token(token, filters, violations)
+        violations.raise_if_any()
+        with self._db.session() as session:
+            found = repo.list_orders(session, filters, after, size + 1)
+        return _page(found, size, filters, lambda o: o.id)
+
+    def change_status(self, order_id: int, action: Action) -> Order:
+        """Pay, ship or cancel. A repeat of the transition already made returns the order
+        unchanged. The customer is never touched beyond its summary row."""
+        violations = Violations()
+        violations.positive_id("id", order_id)
+        violations.raise_if_any()
+        with self._db.write() as session:
+            state = repo.lock_order(session, order_id)
+            if state is None:
+                raise _order_not_found(order_id)
+            target = next_status(action, state.status, state.is_archived)
+            if target is not None:
+                repo.update_order(session, order_id, self._clock(), status=target)
+                self._move_rollup(session, state, target, state.is_archived)
+            order = repo.get_order(session, order_id)
+        assert order is not None
+        return order
+
+    def archive_order(self, order_id: int) -> Order:
+        violations = Violations()
+        violations.positive_id("id", order_id)
+        violations.raise_if_any()
+        with self._db.write() as session:
+            state = repo.lock_order(session, order_id)
+            if state is None:
+                raise _order_not_found(order_id)
+            if not state.is_archived:
+                repo.update_order(session, order_id, self._clock(), is_archived=True)
+                self._move_rollup(session, state, state.status, True)
+            order = repo.get_order(session, order_id)
+        assert order is not None
+        return order
+
+    @staticmethod
+    def _move_rollup(
+        session: Session, state: repo.OrderState, status: Status, is_archived: bool
+    ) -> None:
+        before = rollup_share(state.status, state.is_archived, state.total_cents)
+        after = rollup_share(status, is_archived, state.total_cents)
+        delta = after - before
+        if delta.order_count or delta.total_cents:
+            repo.add_to_rollup(session, state.customer_id, delta.order_count, delta.total_cents)
+
+    # Summary and seed
+
+    def summary(self, limit: int) -> list[SummaryRow]:
+        violations = Violations()
+        if limit < 0:
+            violations.add("limit", f"must not be negative, got {limit}")
+        violations.raise_if_any()
+        limit = min(limit or DEFAULT_SUMMARY_LIMIT, MAX_SUMMARY_LIMIT)
+        with self._db.session() as session:
+            return repo.summary(session, limit)
+
+    def start_seed(self, customers: int, orders_per_customer: int, items_per_order: int) -> SeedRun:
+        plan = plan_seed(customers, orders_per_customer, items_per_order, self._seed_max_rows)
+        return SeedRun(self._db, plan)
+
+
+def _page(found: list[T], size: int, filters: object, key: Callable[[T], int]) -> Page[T]:
+    if len(found) > size:
+        found = found[:size]
+        return Page(found, encode_token(key(found[-1]), filters))
+    return Page(found, "")

@@ -1,0 +1,85 @@
+"""What the domain hands around: plain, immutable records, free of protobuf and SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+__all__ = [
+    "Customer",
+    "Item",
+    "NewItem",
+    "Order",
+    "OrderFilter",
+    "Page",
+    "Status",
+    "SummaryRow",
+]
+
+T = TypeVar("T")
+
+
+class Status(StrEnum):
+    DRAFT = "DRAFT"
+    PAID = "PAID"
+    SHIPPED = "SHIPPED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: int
+    email: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: int
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: int
+    customer: Customer
+    status: Status
+    is_archived: bool
+    total_cents: int
+    items: tuple[Item, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilter:
+    status: Status | None = None
+    email: str | None = None
+    customer_id: int | None = None
+    include_archived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    customer_id: int
+    email: str
+    order_count: int
+    total_cents: int

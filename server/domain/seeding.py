@@ -1,0 +1,300 @@
+"""Seed: generated customers, orders and items, loaded in one transaction, with live progress.
+
+The load runs in a worker thread; the caller reads progress snapshots from `SeedRun.reports()`
+at a steady interval, whatever a single statement of the load is doing. Cancelling stops the
+row generators, and the transaction rolls back: all or nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import threading
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ..storage.bulk import BulkLoader
+from ..storage.database import Database
+from .errors import DomainError, PermissionDenied, Unauthenticated
+from .lifecycle import rollup_share
+from .records import Status
+from .validation import Violations
+
+__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "authorize_seed", "plan_seed"]
+
+MAX_CUSTOMERS = 100_000
+MAX_ORDERS_PER_CUSTOMER = 1_000
+MAX_ITEMS_PER_ORDER = 100
+_CHECK_EVERY = 1024
+
+
+class Phase(StrEnum):
+    STARTED = "STARTED"
+    CUSTOMERS = "CUSTOMERS"
+    ORDERS = "ORDERS"
+    ITEMS = "ITEMS"
+    COMMITTING = "COMMITTING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class SeedPlan:
+    customers: int
+    orders_per_customer: int
+    items_per_order: int
+
+    @property
+    def orders(self) -> int:
+        return self.customers * self.orders_per_customer
+
+    @property
+    def items(self) -> int:
+        return self.orders * self.items_per_order
+
+    @property
+    def rows(self) -> int:
+        return self.customers + self.orders + self.items
+
+
+def plan_seed(
+    customers: int, orders_per_customer: int, items_per_order: int, max_rows: int
+) -> SeedPlan:
+    violations = Violations()
+    for field, value, low, high in (
+        ("customers", customers, 1, MAX_CUSTOMERS),
+        ("orders_per_customer", orders_per_customer, 0, MAX_ORDERS_PER_CUSTOMER),
+        ("items_per_order", items_per_order, 0, MAX_ITEMS_PER_ORDER),
+    ):
+        if not low <= value <= high:
+            violations.add(field, f"must be between {low:,} and {high:,}, got {value:,}")
+    violations.raise_if_any()
+    plan = SeedPlan(customers, orders_per_customer, items_per_order)
+    if plan.rows > max_rows:
+        violations.add(
+            "customers",
+            f"the seed would write {plan.rows:,} rows, above this server's cap of {max_rows:,} "
+            "(ORDERS_SEED_MAX_ROWS)",
+        )
+    violations.raise_if_any()
+    return plan
+
+
+def authorize_seed(admin_token: str | None, is_production: bool, authorization: str | None) -> None:
+    """Seed is a development tool: with an admin token configured it needs that token, and a
+    production deployment without one refuses everybody."""
+    if admin_token is None and not is_production:
+        return
+    if not authorization:
+        raise Unauthenticated(
+            "Seed needs an admin token: send 'authorization: Bearer <token>'",
+            reason="ADMIN_TOKEN_MISSING",
+        )
+    scheme, _, presented = authorization.partition(" ")
+    expected = (admin_token or "").encode()
+    # Compared in constant time; without a configured token nothing matches.
+    if (
+        admin_token is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(presented.strip().encode(), expected)
+    ):
+        raise PermissionDenied("the admin token is not valid", reason="ADMIN_TOKEN_INVALID")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    phase: Phase
+    customers_done: int
+    customers_total: int
+    orders_done: int
+    orders_total: int
+    items_done: int
+    items_total: int
+    elapsed_seconds: float
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.FAILED)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+_STATUS_WHEEL = (
+    (Status.DRAFT,) * 4 + (Status.PAID,) * 3 + (Status.SHIPPED,) * 2 + (Status.CANCELLED,)
+)
+
+
+def _mix(a: int, b: int) -> int:
+    """A cheap, deterministic scramble: the same order always gets the same items."""
+    h = (a * 0x9E3779B1 + b * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h * 0x2C1B3C6D) & 0xFFFFFFFF
+
+
+def _item_values(order_id: int, index: int) -> tuple[str, int, int]:
+    h = _mix(order_id, index)
+    return f"SKU-{h % 1000:04d}", 1 + h % 5, 100 + (h >> 10) % 9_900
+
+
+class SeedRun:
+    def __init__(self, database: Database, plan: SeedPlan) -> None:
+        self._database = database
+        self.plan = plan
+        self._phase = Phase.STARTED
+        self._done = {"customers": 0, "orders": 0, "items": 0}
+        self._error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+        self._started = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> Progress:
+        return Progress(
+            phase=self._phase,
+            customers_done=self._done["customers"],
+            customers_total=self.plan.customers,
+            orders_done=self._done["orders"],
+            orders_total=self.plan.orders,
+            items_done=self._done["items"],
+            items_total=self.plan.items,
+            elapsed_seconds=time.monotonic() - self._started,
+            error=self._error,
+        )
+
+    def reports(self, interval: float = 0.5) -> Iterator[Progress]:
+        """A snapshot at once, then one every `interval` seconds, then the outcome."""
+        yield self.snapshot()
+        # The worker shares this call's context (its statement count, its request id).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._load,), name="seed", daemon=True
+        )
+        self._thread.start()
+        while not self._finished.wait(interval):
+            yield self.snapshot()
+        yield self.snapshot()
+
+    def cancel(self, wait: float = 30.0) -> None:
+        """Stops the load and waits until its transaction has rolled back."""
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join(wait)
+
+    def _counted(self, kind: str, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        done = self._done
+        cancel = self._cancel
+        n = 0
+        for row in rows:
+            yield row
+            n += 1
+            if n % _CHECK_EVERY == 0:
+                done[kind] += _CHECK_EVERY
+                if cancel.is_set():
+                    raise _Cancelled
+        done[kind] += n % _CHECK_EVERY
+        if cancel.is_set():
+            raise _Cancelled
+
+    def _load(self) -> None:
+        try:
+            with self._database.write() as session:
+                loader = BulkLoader(session)
+                now = datetime.now(UTC)
+                stamp = loader.timestamp(now)
+                customer_ids = loader.reserve_ids("customers", self.plan.customers)
+                order_ids = loader.reserve_ids("orders", self.plan.orders)
+
+                self._phase = Phase.CUSTOMERS
+                loader.load(
+                    "customers",
+                    ("id", "email", "name", "created_at"),
+                    self._counted("customers", self._customer_rows(customer_ids, stamp)),
+                )
+                self._phase = Phase.ORDERS
+                paid_count = array("q", bytes(8 * self.plan.customers))
+                paid_total = array("q", bytes(8 * self.plan.customers))
+                loader.load(
+                    "orders",
+                    (
+                        "id",
+                        "customer_id",
+                        "status",
+                        "is_archived",
+                        "total_cents",
+                        "created_at",
+                        "updated_at",
+                    ),
+                    self._counted(
+                        "orders",
+                        self._order_rows(customer_ids, order_ids, stamp, paid_count, paid_total),
+                    ),
+                )
+                loader.load(
+                    "customer_totals",
+                    ("customer_id", "order_count", "total_cents"),
+                    zip(customer_ids, paid_count, paid_total, strict=True),
+                )
+                self._phase = Phase.ITEMS
+                loader.load(
+                    "order_items",
+                    ("order_id", "sku", "quantity", "unit_price_cents"),
+                    self._counted("items", self._item_rows(order_ids)),
+                )
+                self._phase = Phase.COMMITTING
+            self._phase = Phase.DONE
+        except _Cancelled:
+            self._error = DomainError("the seed was cancelled; nothing was written", "CANCELLED")
+            self._phase = Phase.FAILED
+        except BaseException as exc:  # handed to the caller, who maps and logs it
+            self._error = exc
+            self._phase = Phase.FAILED
+        finally:
+            self._finished.set()
+
+    def _customer_rows(self, ids: Sequence[int], stamp: Any) -> Iterator[tuple[Any, ...]]:
+        for customer_id in ids:
+            # Ids are unique across every writer, so are these; .invalid is refused to callers.
+            yield (
+                customer_id,
+                f"seed-{customer_id}@seed.invalid",
+                f"Customer {customer_id}",
+                stamp,
+            )
+
+    def _order_rows(
+        self,
+        customer_ids: Sequence[int],
+        order_ids: Sequence[int],
+        stamp: Any,
+        paid_count: array[int],
+        paid_total: array[int],
+    ) -> Iterator[tuple[Any, ...]]:
+        per_customer = self.plan.orders_per_customer
+        items = range(self.plan.items_per_order)
+        for n, order_id in enumerate(order_ids):
+            c = n // per_customer
+            h = _mix(order_id, 0xFFFF)
+            status = _STATUS_WHEEL[h % len(_STATUS_WHEEL)]
+            archived = (h >> 8) % 20 == 0
+            total = 0
+            for i in items:
+                _, quantity, price = _item_values(order_id, i)
+                total += quantity * price
+            share = rollup_share(status, archived, total)
+            paid_count[c] += share.order_count
+            paid_total[c] += share.total_cents
+            yield (order_id, customer_ids[c], status.value, archived, total, stamp, stamp)
+
+    def _item_rows(self, order_ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+        items = range(self.plan.items_per_order)
+        for order_id in order_ids:
+            for i in items:
+                yield (order_id, *_item_values(order_id, i))

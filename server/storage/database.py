@@ -1,0 +1,119 @@
+"""Engines and sessions: the one place that opens them, and the per-call statement count."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["Database", "StatementCount", "count_statement", "statements_counted"]
+
+
+class StatementCount:
+    """How many SQL statements the current call executed (one per round trip to the database)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+_current_count: contextvars.ContextVar[StatementCount | None] = contextvars.ContextVar(
+    "orders_statement_count", default=None
+)
+
+
+@contextmanager
+def statements_counted() -> Iterator[StatementCount]:
+    count = StatementCount()
+    token = _current_count.set(count)
+    try:
+        yield count
+    finally:
+        _current_count.reset(token)
+
+
+def count_statement() -> None:
+    """Counts one statement; bulk paths that bypass SQLAlchemy (COPY) call it themselves."""
+    count = _current_count.get()
+    if count is not None:
+        count.value += 1
+
+
+def _on_cursor_execute(*_args: Any, **_kwargs: Any) -> None:
+    count_statement()
+
+
+class Database:
+    """One engine per process; one session per RPC, opened by `session()` or `write()`."""
+
+    def __init__(self, url: str, pool_size: int = 16) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_postgresql = self.url.get_backend_name() == "postgresql"
+        if not (self.is_sqlite or self.is_postgresql):
+            raise ValueError(f"unsupported database {self.url.get_backend_name()!r}")
+        kwargs: dict[str, Any] = {}
+        if self.is_postgresql:
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=5,
+                connect_args={"connect_timeout": 5},
+            )
+        else:
+            # The driver's own transaction handling is switched off so that BEGIN is ours to send.
+            kwargs.update(connect_args={"check_same_thread": False, "timeout": 30})
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        event.listen(self.engine, "before_cursor_execute", _on_cursor_execute)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read transaction."""
+        with self._transaction(write=False) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
+        so two writers queue instead of failing with 'database is locked' half-way."""
+        with self._transaction(write=True) as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Session]:
+        # Leaving the block by an exception closes the session, which rolls back.
+        with self._sessions() as session:
+            if write and self.is_sqlite:
+                session.connection(execution_options={"orders_write": True})
+            yield session
+            session.commit()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Sent on the driver's connection: transaction control is not counted as a statement,
+        # as psycopg's implicit BEGIN on PostgreSQL is not.
+        immediate = conn.get_execution_options().get("orders_write", False)
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")

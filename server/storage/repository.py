@@ -1,0 +1,279 @@
+"""Queries. Each function runs in the session it is given; none opens or commits one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..domain.records import Customer, Item, NewItem, Order, OrderFilter, Status, SummaryRow
+from .schema import CustomerRow, CustomerTotalRow, OrderItemRow, OrderRow
+
+__all__ = [
+    "EmailTaken",
+    "OrderState",
+    "add_to_rollup",
+    "get_customer",
+    "get_order",
+    "insert_customer",
+    "insert_order",
+    "list_customers",
+    "list_orders",
+    "lock_order",
+    "summary",
+    "update_order",
+]
+
+
+class EmailTaken(Exception):
+    """The unique index on lower(email) refused the insert."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """What a transition needs to decide, read under a row lock."""
+
+    id: int
+    customer_id: int
+    status: Status
+    is_archived: bool
+    total_cents: int
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; every timestamp here is written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _customer(row: Any) -> Customer:
+    return Customer(id=row.id, email=row.email, name=row.name, created_at=_utc(row.created_at))
+
+
+def insert_customer(session: Session, email: str, name: str, now: datetime) -> Customer:
+    try:
+        customer_id = session.execute(
+            insert(CustomerRow)
+            .values(email=email, name=name, created_at=now)
+            .returning(CustomerRow.id)
+        ).scalar_one()
+    except IntegrityError as exc:
+        if "email" in str(exc.orig).lower():
+            raise EmailTaken(email) from None
+        raise
+    session.execute(
+        insert(CustomerTotalRow).values(customer_id=customer_id, order_count=0, total_cents=0)
+    )
+    return Customer(id=customer_id, email=email, name=name, created_at=now)
+
+
+def get_customer(session: Session, customer_id: int) -> Customer | None:
+    row = session.execute(select(CustomerRow).where(CustomerRow.id == customer_id)).scalar()
+    return None if row is None else _customer(row)
+
+
+def list_customers(session: Session, after: int | None, limit: int) -> list[Customer]:
+    query = select(CustomerRow).order_by(CustomerRow.id.desc()).limit(limit)
+    if after is not None:
+        query = query.where(CustomerRow.id < after)
+    return [_customer(row) for row in session.execute(query).scalars()]
+
+
+def insert_order(
+    session: Session,
+    customer: Customer,
+    items: Sequence[NewItem],
+    total_cents: int,
+    now: datetime,
+) -> Order:
+    order_id = session.execute(
+        insert(OrderRow)
+        .values(
+            customer_id=customer.id,
+            status=Status.DRAFT.value,
+            is_archived=False,
+            total_cents=total_cents,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(OrderRow.id)
+    ).scalar_one()
+    saved: tuple[Item, ...] = ()
+    if items:
+        # One statement for all items (SQLAlchemy's insertmanyvalues), ids returned in order.
+        ids = session.execute(
+            insert(OrderItemRow).returning(OrderItemRow.id, sort_by_parameter_order=True),
+            [
+                {
+                    "order_id": order_id,
+                    "sku": item.sku,
+                    "quantity": item.quantity,
+                    "unit_price_cents": item.unit_price_cents,
+                }
+                for item in items
+            ],
+        ).scalars()
+        saved = tuple(
+            Item(id=item_id, sku=i.sku, quantity=i.quantity, unit_price_cents=i.unit_price_cents)
+            for item_id, i in zip(ids, items, strict=True)
+        )
+    return Order(
+        id=order_id,
+        customer=customer,
+        status=Status.DRAFT,
+        is_archived=False,
+        total_cents=total_cents,
+        items=saved,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _orders_with_customers() -> Select[Any]:
+    return select(OrderRow, CustomerRow).join(CustomerRow, CustomerRow.id == OrderRow.customer_id)
+
+
+def _load(session: Session, query: Select[Any]) -> list[Order]:
+    """Runs `query` (orders joined to customers), then fetches all their items in one more
+    statement: two statements whatever the number of orders."""
+    rows = session.execute(query).all()
+    if not rows:
+        return []
+    ids = [order.id for order, _ in rows]
+    items: dict[int, list[Item]] = {order_id: [] for order_id in ids}
+    for item in session.execute(
+        select(OrderItemRow)
+        .where(OrderItemRow.order_id.in_(ids))
+        .order_by(OrderItemRow.order_id, OrderItemRow.id)
+    ).scalars():
+        items[item.order_id].append(
+            Item(
+                id=item.id,
+                sku=item.sku,
+                quantity=item.quantity,
+                unit_price_cents=item.unit_price_cents,
+            )
+        )
+    return [
+        Order(
+            id=order.id,
+            customer=_customer(customer),
+            status=Status(order.status),
+            is_archived=order.is_archived,
+            total_cents=order.total_cents,
+            items=tuple(items[order.id]),
+            created_at=_utc(order.created_at),
+            updated_at=_utc(order.updated_at),
+        )
+        for order, customer in rows
+    ]
+
+
+def get_order(session: Session, order_id: int) -> Order | None:
+    found = _load(session, _orders_with_customers().where(OrderRow.id == order_id))
+    return found[0] if found else None
+
+
+def _like_literal(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with % and _ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_orders(
+    session: Session, filters: OrderFilter, after: int | None, limit: int
+) -> list[Order]:
+    query = _orders_with_customers().order_by(OrderRow.id.desc()).limit(limit)
+    if filters.status is not None:
+        query = query.where(OrderRow.status == filters.status.value)
+    if filters.email:
+        query = query.where(
+            func.lower(CustomerRow.email).like(_like_literal(filters.email.lower()), escape="\\")
+        )
+    if filters.customer_id is not None:
+        query = query.where(OrderRow.customer_id == filters.customer_id)
+    if not filters.include_archived:
+        query = query.where(OrderRow.is_archived.is_(False))
+    if after is not None:
+        query = query.where(OrderRow.id < after)
+    return _load(session, query)
+
+
+def lock_order(session: Session, order_id: int) -> OrderState | None:
+    """Reads the order's state and locks its row until the transaction ends (PostgreSQL;
+    SQLite's write transactions already hold the database's write lock)."""
+    row = session.execute(
+        select(
+            OrderRow.id,
+            OrderRow.customer_id,
+            OrderRow.status,
+            OrderRow.is_archived,
+            OrderRow.total_cents,
+        )
+        .where(OrderRow.id == order_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None
+    return OrderState(
+        id=row.id,
+        customer_id=row.customer_id,
+        status=Status(row.status),
+        is_archived=row.is_archived,
+        total_cents=row.total_cents,
+    )
+
+
+def update_order(
+    session: Session,
+    order_id: int,
+    now: datetime,
+    status: Status | None = None,
+    is_archived: bool | None = None,
+) -> None:
+    values: dict[str, Any] = {"updated_at": now}
+    if status is not None:
+        values["status"] = status.value
+    if is_archived is not None:
+        values["is_archived"] = is_archived
+    session.execute(update(OrderRow).where(OrderRow.id == order_id).values(**values))
+
+
+def add_to_rollup(session: Session, customer_id: int, order_count: int, total_cents: int) -> None:
+    session.execute(
+        update(CustomerTotalRow)
+        .where(CustomerTotalRow.customer_id == customer_id)
+        .values(
+            order_count=CustomerTotalRow.order_count + order_count,
+            total_cents=CustomerTotalRow.total_cents + total_cents,
+        )
+    )
+
+
+def summary(session: Session, limit: int) -> list[SummaryRow]:
+    """One statement: the rollup's ranking index, joined to the customers' emails."""
+    rows = session.execute(
+        select(
+            CustomerTotalRow.customer_id,
+            CustomerRow.email,
+            CustomerTotalRow.order_count,
+            CustomerTotalRow.total_cents,
+        )
+        .join(CustomerRow, CustomerRow.id == CustomerTotalRow.customer_id)
+        .where(CustomerTotalRow.order_count > 0)
+        .order_by(CustomerTotalRow.total_cents.desc(), CustomerTotalRow.customer_id)
+        .limit(limit)
+    ).all()
+    return [
+        SummaryRow(
+            customer_id=r.customer_id,
+            email=r.email,
+            order_count=r.order_count,
+            total_cents=r.total_cents,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,72 @@
+"""The tables as typed SQLAlchemy 2 models, for queries.
+
+The DDL (constraints, indexes, the trigram index) lives in the Alembic migrations, the one
+place that defines the schema; tests/test_schema.py checks the two agree on tables and columns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["STATUSES", "Base", "CustomerRow", "CustomerTotalRow", "OrderItemRow", "OrderRow"]
+
+STATUSES = ("DRAFT", "PAID", "SHIPPED", "CANCELLED")
+
+# SQLite only gives INTEGER PRIMARY KEY its rowid behaviour (auto-assigned ids) for "INTEGER".
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CustomerRow(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OrderRow(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("customers.id", ondelete="RESTRICT")
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    is_archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OrderItemRow(Base):
+    __tablename__ = "order_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="RESTRICT"))
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(BigInteger)
+
+
+class CustomerTotalRow(Base):
+    """Per-customer rollup of PAID, non-archived orders: what GetSummary reads.
+
+    Kept exact in the same transaction as every write that changes it, so the summary is an
+    index walk rather than an aggregate over every order.
+    """
+
+    __tablename__ = "customer_totals"
+
+    customer_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("customers.id", ondelete="RESTRICT"), primary_key=True
+    )
+    order_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_cents: Mapped[int] = mapped_column(BigInteger, default=0)

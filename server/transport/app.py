@@ -1,0 +1,82 @@
+"""The gRPC server: the orders service, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from orders.v1 import orders_pb2, orders_pb2_grpc
+
+from ..config import Settings
+from ..domain.book import OrderBook
+from ..storage.database import Database
+from .interceptor import CallInterceptor
+from .servicer import OrdersServicer
+
+__all__ = ["SERVICE_NAME", "OrdersServer"]
+
+SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].full_name
+log = logging.getLogger("orders.server")
+
+
+class OrdersServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings.database_url, pool_size=settings.grpc_workers)
+        book = OrderBook(self.database, seed_max_rows=settings.seed_max_rows)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
+            interceptors=[CallInterceptor()],
+            # A port already in use is an error, not a silent second listener.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server(
+            OrdersServicer(book, settings.admin_token, settings.is_production), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {address}: is the port already in use?")
+
+    def start(self) -> None:
+        self.server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving gRPC on %s:%d (database %s, environment %s)",
+            self.settings.grpc_host,
+            self.port,
+            self.database.url.render_as_string(hide_password=True),
+            self.settings.environment,
+        )
+
+    def stop(self) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then stops."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.settings.shutdown_grace).wait()
+        self.database.dispose()
+        log.info("stopped")
+
+    def serve_until_signalled(self) -> None:
+        stopping = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        stopping.wait()
+        self.stop()

@@ -1,0 +1,147 @@
+"""One interceptor around every call: logs it, counts its SQL statements, maps its errors.
+
+Per-call state (request id, statement count) lives in ContextVars, as in grpc/grpc's
+examples/python/interceptors.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from ..storage.database import StatementCount, statements_counted
+from .status import to_grpc_status, to_status_proto
+
+__all__ = ["STATEMENTS_TRAILER", "CallInterceptor", "metadata_value", "request_id"]
+
+STATEMENTS_TRAILER = "orders-sql-statements"
+
+log = logging.getLogger("orders.calls")
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return str(item.value)
+    return None
+
+
+class _Call:
+    """What the interceptor knows about one call while it runs."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+
+    def trailer(self, count: StatementCount) -> tuple[tuple[str, str], ...]:
+        return ((STATEMENTS_TRAILER, str(count.value)),)
+
+    def fail(self, error: BaseException, count: StatementCount) -> None:
+        """Ends the call with `error` as a google.rpc.Status (raises)."""
+        status = to_status_proto(error, request_id.get())
+        self.code = grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == status.code))
+        if self.code == grpc.StatusCode.INTERNAL:
+            log.error(
+                "unexpected error in %s (request id %s)",
+                self.method,
+                request_id.get(),
+                exc_info=error,
+            )
+        self.context.abort_with_status(to_grpc_status(status, self.trailer(count)))
+
+    def finish(self, count: StatementCount) -> None:
+        if self.context.code() is None and not self.context.is_active():
+            self.code = grpc.StatusCode.CANCELLED
+        log.info(
+            "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
+            self.method,
+            self.code.name,
+            (time.perf_counter() - self.started) * 1000,
+            count.value,
+            request_id.get() or "-",
+        )
+
+
+def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a bare Exception after setting the code: let it through.
+    return context.code() is not None and type(error) is Exception
+
+
+def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        token = request_id.set(metadata_value(context, "x-request-id"))
+        call = _Call(method, context)
+        try:
+            with statements_counted() as count:
+                try:
+                    response = behavior(request, context)
+                except Exception as error:
+                    if _is_abort(error, context):
+                        raise
+                    call.fail(error, count)
+                context.set_trailing_metadata(call.trailer(count))
+                return response
+        finally:
+            call.finish(count)
+            request_id.reset(token)
+
+    return handle
+
+
+def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        token = request_id.set(metadata_value(context, "x-request-id"))
+        call = _Call(method, context)
+        try:
+            with statements_counted() as count:
+                try:
+                    yield from behavior(request, context)
+                except Exception as error:
+                    if _is_abort(error, context):
+                        raise
+                    call.fail(error, count)
+                context.set_trailing_metadata(call.trailer(count))
+        finally:
+            call.finish(count)
+            request_id.reset(token)
+
+    return handle
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method), **kwargs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method), **kwargs
+        )

@@ -1,0 +1,111 @@
+"""orders.v1.OrdersService: requests in, domain calls, responses out. No SQL, no rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from orders.v1 import orders_pb2 as pb
+from orders.v1 import orders_pb2_grpc
+
+from ..domain.book import OrderBook
+from ..domain.lifecycle import Action
+from ..domain.seeding import authorize_seed
+from . import convert
+from .interceptor import metadata_value, request_id
+
+__all__ = ["OrdersServicer"]
+
+# Envoy's Lua filter turns this header into the HTTP status of a successful create.
+_CREATED = (("x-http-code", "201"),)
+
+
+class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
+    def __init__(self, book: OrderBook, admin_token: str | None, is_production: bool) -> None:
+        self._book = book
+        self._admin_token = admin_token
+        self._is_production = is_production
+
+    def CreateCustomer(
+        self, request: pb.CreateCustomerRequest, context: grpc.ServicerContext
+    ) -> pb.Customer:
+        customer = self._book.create_customer(request.email, request.name)
+        context.send_initial_metadata(_CREATED)
+        return convert.customer_message(customer)
+
+    def GetCustomer(
+        self, request: pb.GetCustomerRequest, context: grpc.ServicerContext
+    ) -> pb.Customer:
+        return convert.customer_message(self._book.get_customer(request.id))
+
+    def ListCustomers(
+        self, request: pb.ListCustomersRequest, context: grpc.ServicerContext
+    ) -> pb.ListCustomersResponse:
+        page = self._book.list_customers(request.page_size, request.page_token)
+        return pb.ListCustomersResponse(
+            customers=[convert.customer_message(c) for c in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def CreateOrder(
+        self, request: pb.CreateOrderRequest, context: grpc.ServicerContext
+    ) -> pb.Order:
+        order = self._book.create_order(request.customer_id, convert.new_items(list(request.items)))
+        context.send_initial_metadata(_CREATED)
+        return convert.order_message(order)
+
+    def GetOrder(self, request: pb.GetOrderRequest, context: grpc.ServicerContext) -> pb.Order:
+        return convert.order_message(self._book.get_order(request.id))
+
+    def ListOrders(
+        self, request: pb.ListOrdersRequest, context: grpc.ServicerContext
+    ) -> pb.ListOrdersResponse:
+        page = self._book.list_orders(
+            convert.order_filter(request), request.page_size, request.page_token
+        )
+        return pb.ListOrdersResponse(
+            orders=[convert.order_message(o) for o in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def PayOrder(self, request: pb.PayOrderRequest, context: grpc.ServicerContext) -> pb.Order:
+        return convert.order_message(self._book.change_status(request.id, Action.PAY))
+
+    def ShipOrder(self, request: pb.ShipOrderRequest, context: grpc.ServicerContext) -> pb.Order:
+        return convert.order_message(self._book.change_status(request.id, Action.SHIP))
+
+    def CancelOrder(
+        self, request: pb.CancelOrderRequest, context: grpc.ServicerContext
+    ) -> pb.Order:
+        return convert.order_message(self._book.change_status(request.id, Action.CANCEL))
+
+    def ArchiveOrder(
+        self, request: pb.ArchiveOrderRequest, context: grpc.ServicerContext
+    ) -> pb.Order:
+        return convert.order_message(self._book.archive_order(request.id))
+
+    def GetSummary(
+        self, request: pb.GetSummaryRequest, context: grpc.ServicerContext
+    ) -> pb.GetSummaryResponse:
+        return convert.summary_message(self._book.summary(request.limit))
+
+    def Seed(
+        self, request: pb.SeedRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SeedResponse]:
+        authorize_seed(
+            self._admin_token, self._is_production, metadata_value(context, "authorization")
+        )
+        run = self._book.start_seed(
+            request.customers, request.orders_per_customer, request.items_per_order
+        )
+        # A cancelled call or a dropped client stops the load, which then rolls back.
+        context.add_callback(lambda: run.cancel(wait=0))
+        try:
+            for progress in run.reports():
+                if not context.is_active():
+                    return
+                yield convert.seed_message(progress, request_id.get())
+                if progress.error is not None:
+                    raise progress.error
+        finally:
+            run.cancel()
