@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import contextvars
+import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import psycopg
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..domain.errors import Unavailable
+
 __all__ = ["Database", "StatementCount", "count_statement", "statements_counted"]
+
+
+log = logging.getLogger("orders.database")
+
+# Errors that mean "the database cannot be reached or is busy", not "the request is wrong":
+# the caller may retry. SQLAlchemy wraps the driver's; the bulk paths meet the driver's own.
+_UNREACHABLE = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+    psycopg.OperationalError,
+    sqlite3.OperationalError,
+)
 
 
 class StatementCount:
@@ -90,11 +108,17 @@ class Database:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Session]:
         # Leaving the block by an exception closes the session, which rolls back.
-        with self._sessions() as session:
-            if write and self.is_sqlite:
-                session.connection(execution_options={"orders_write": True})
-            yield session
-            session.commit()
+        try:
+            with self._sessions() as session:
+                if write and self.is_sqlite:
+                    session.connection(execution_options={"orders_write": True})
+                yield session
+                session.commit()
+        except _UNREACHABLE as exc:
+            log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            raise Unavailable(
+                "the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE"
+            ) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
