@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .config import load_settings
+from .storage import consistency
 from .storage.database import Database
 from .storage.migrate import migrate
 
@@ -16,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
     commands.add_parser("serve", help="serve gRPC until SIGTERM or SIGINT")
+    check = commands.add_parser(
+        "check", help="recompute order totals and the summary rollup; exit 1 on drift"
+    )
+    check.add_argument("--fix", action="store_true", help="repair the drift found")
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -33,10 +38,34 @@ def main(argv: list[str] | None = None) -> int:
             database.url.render_as_string(hide_password=True),
         )
         return 0
+    if args.command == "check":
+        return check_consistency(Database(settings.database_url), fix=args.fix)
     from .transport.app import OrdersServer
 
     OrdersServer(settings).serve_until_signalled()
     return 0
+
+
+def check_consistency(database: Database, fix: bool) -> int:
+    with database.write() as session:
+        totals = consistency.find_total_drift(session)
+        rollups = consistency.find_rollup_drift(session)
+        for t in totals:
+            print(f"order {t.order_id}: total_cents {t.stored}, items sum to {t.computed}")
+        for r in rollups:
+            print(
+                f"customer {r.customer_id}: summary row ({r.stored_count}, {r.stored_total}), "
+                f"paid orders ({r.computed_count}, {r.computed_total})"
+            )
+        if fix:
+            consistency.repair(session, totals, rollups)
+    database.dispose()
+    drift = len(totals) + len(rollups)
+    if not drift:
+        print("consistent: every order total matches its items, every summary row its orders")
+        return 0
+    print(f"{drift} drifted rows {'repaired' if fix else 'found (run with --fix to repair)'}")
+    return 0 if fix else 1
 
 
 if __name__ == "__main__":

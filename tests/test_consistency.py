@@ -1,0 +1,63 @@
+"""`python -m server check` recomputes order totals and the summary rollup from the rows they
+derive from: silent when nothing drifted, loud (exit 1) when something did, exact with --fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from harness import ROOT, OrdersServer
+from orders.v1 import orders_pb2 as pb
+from sqlalchemy.pool import NullPool
+
+
+def _check(server: OrdersServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "check", *args],
+        cwd=ROOT,
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_finds_and_fixes_drift_in_totals_and_rollup(
+    start_server: Callable[..., OrdersServer],
+) -> None:
+    server = start_server()
+    for _ in server.stub.Seed(
+        pb.SeedRequest(customers=20, orders_per_customer=5, items_per_order=3), timeout=60
+    ):
+        pass
+    clean = _check(server)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "consistent" in clean.stdout
+
+    engine = sa.create_engine(server.database_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        order_id = conn.execute(sa.text("SELECT min(id) FROM orders")).scalar_one()
+        customer_id = conn.execute(sa.text("SELECT max(customer_id) FROM customer_totals")).scalar()
+        conn.execute(
+            sa.text("UPDATE orders SET total_cents = total_cents + 1 WHERE id = :id"),
+            {"id": order_id},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE customer_totals SET order_count = order_count + 2 WHERE customer_id = :id"
+            ),
+            {"id": customer_id},
+        )
+    engine.dispose()
+
+    drifted = _check(server)
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert f"order {order_id}:" in drifted.stdout
+    assert f"customer {customer_id}:" in drifted.stdout
+
+    fixed = _check(server, "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "repaired" in fixed.stdout
+    assert _check(server).returncode == 0
