@@ -133,11 +133,11 @@ def insert_order(
     )
 
 
-def _orders_with_customers() -> Select[Any]:
+def _orders_with_customers() -> Select[OrderRow, CustomerRow]:
     return select(OrderRow, CustomerRow).join(CustomerRow, CustomerRow.id == OrderRow.customer_id)
 
 
-def _load(session: Session, query: Select[Any]) -> list[Order]:
+def _load(session: Session, query: Select[OrderRow, CustomerRow]) -> list[Order]:
     """Runs `query` (orders joined to customers), then fetches all their items in one more
     statement: two statements whatever the number of orders."""
     rows = session.execute(query).all()

@@ -10,7 +10,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -26,10 +26,15 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            return str(item.value)
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return str(value)
     return None
+
+
+def _code_set(context: grpc.ServicerContext) -> bool:
+    # ServicerContext.code() exists at run time (grpcio >= 1.38) but not in the stubs.
+    return cast(Any, context).code() is not None
 
 
 class _Call:
@@ -58,7 +63,7 @@ class _Call:
         self.context.abort_with_status(to_grpc_status(status, self.trailer(count)))
 
     def finish(self, count: StatementCount) -> None:
-        if self.context.code() is None and not self.context.is_active():
+        if not _code_set(self.context) and not self.context.is_active():
             self.code = grpc.StatusCode.CANCELLED
         log.info(
             "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
@@ -72,7 +77,7 @@ class _Call:
 
 def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
     # context.abort() raises a bare Exception after setting the code: let it through.
-    return context.code() is not None and type(error) is Exception
+    return _code_set(context) and type(error) is Exception
 
 
 def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
@@ -119,13 +124,13 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
 class CallInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -142,6 +147,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method), **kwargs
             )
+        assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream(handler.stream_stream, method), **kwargs
         )
