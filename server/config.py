@@ -21,6 +21,7 @@ class Settings:
     environment: str
     admin_token: str | None
     seed_max_rows: int
+    max_concurrent_seeds: int
     log_level: str
 
     @property
@@ -54,5 +55,6 @@ def load_settings() -> Settings:
         environment=os.environ.get("ORDERS_ENV", "development").strip().lower() or "development",
         admin_token=os.environ.get("ORDERS_ADMIN_TOKEN") or None,
         seed_max_rows=_int("ORDERS_SEED_MAX_ROWS", 5_000_000),
+        max_concurrent_seeds=max(1, _int("ORDERS_MAX_CONCURRENT_SEEDS", 2)),
         log_level=os.environ.get("ORDERS_LOG_LEVEL", "INFO").upper(),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..storage import repository as repo
 from ..storage.database import Database
-from .errors import AlreadyExists, NotFound
+from .errors import AlreadyExists, NotFound, ResourceExhausted
 from .lifecycle import Action, next_status, rollup_share
 from .paging import decode_token, encode_token, page_size
 from .records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
@@ -38,10 +39,16 @@ def _customer_not_found(customer_id: int) -> NotFound:
 
 class OrderBook:
     def __init__(
-        self, database: Database, seed_max_rows: int, clock: Callable[[], datetime] = _now
+        self,
+        database: Database,
+        seed_max_rows: int,
+        max_concurrent_seeds: int = 2,
+        clock: Callable[[], datetime] = _now,
     ) -> None:
         self._db = database
         self._seed_max_rows = seed_max_rows
+        self._max_concurrent_seeds = max_concurrent_seeds
+        self._seed_slots = threading.BoundedSemaphore(max_concurrent_seeds)
         self._clock = clock
 
     # Customers
@@ -171,7 +178,14 @@ class OrderBook:
 
     def start_seed(self, customers: int, orders_per_customer: int, items_per_order: int) -> SeedRun:
         plan = plan_seed(customers, orders_per_customer, items_per_order, self._seed_max_rows)
-        return SeedRun(self._db, plan)
+        # Each seed holds a database connection and a core for its whole run.
+        if not self._seed_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self._max_concurrent_seeds} seeds are already running on this server; "
+                "try again when one has finished (ORDERS_MAX_CONCURRENT_SEEDS)",
+                reason="SEED_LIMIT",
+            )
+        return SeedRun(self._db, plan, on_finished=self._seed_slots.release)
 
 
 def _page(found: list[T], size: int, filters: object, key: Callable[[T], int]) -> Page[T]:

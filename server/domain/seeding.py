@@ -12,7 +12,7 @@ import hmac
 import threading
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -145,9 +145,14 @@ def _item_values(order_id: int, index: int) -> tuple[str, int, int]:
 
 
 class SeedRun:
-    def __init__(self, database: Database, plan: SeedPlan) -> None:
+    def __init__(
+        self, database: Database, plan: SeedPlan, on_finished: Callable[[], None] = lambda: None
+    ) -> None:
         self._database = database
         self.plan = plan
+        self._on_finished = on_finished
+        self._finish_lock = threading.Lock()
+        self._finish_reported = False
         self._phase = Phase.STARTED
         self._done = {"customers": 0, "orders": 0, "items": 0}
         self._error: BaseException | None = None
@@ -185,8 +190,17 @@ class SeedRun:
     def cancel(self, wait: float = 30.0) -> None:
         """Stops the load and waits until its transaction has rolled back."""
         self._cancel.set()
-        if self._thread is not None:
+        if self._thread is None:
+            self._report_finished()  # never started: nothing to roll back
+        else:
             self._thread.join(wait)
+
+    def _report_finished(self) -> None:
+        with self._finish_lock:
+            if self._finish_reported:
+                return
+            self._finish_reported = True
+        self._on_finished()
 
     def _counted(self, kind: str, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
         done = self._done
@@ -258,6 +272,7 @@ class SeedRun:
             self._phase = Phase.FAILED
         finally:
             self._finished.set()
+            self._report_finished()
 
     def _customer_rows(self, ids: Sequence[int], stamp: Any) -> Iterator[tuple[Any, ...]]:
         for customer_id in ids:

@@ -29,7 +29,11 @@ class OrdersServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database(settings.database_url, pool_size=settings.grpc_workers)
-        book = OrderBook(self.database, seed_max_rows=settings.seed_max_rows)
+        book = OrderBook(
+            self.database,
+            seed_max_rows=settings.seed_max_rows,
+            max_concurrent_seeds=settings.max_concurrent_seeds,
+        )
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
