@@ -116,6 +116,8 @@ class Envoy:
             raise EnvoyError("envoy is not started")
         deadline = time.monotonic() + timeout
         url = f"{self.config.admin_url}/ready"
+        # Straight to the loopback, whatever proxy the environment names.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while True:
             if self.process.poll() is not None:
                 raise EnvoyError(
@@ -123,7 +125,7 @@ class Envoy:
                     + self._log_tail()
                 )
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
+                with opener.open(url, timeout=1) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

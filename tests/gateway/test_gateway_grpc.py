@@ -6,14 +6,15 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+from pathlib import Path
 
 import grpc
 import pytest
-from gateway_stack import Gateway, grpcurl
+from gateway_stack import Gateway, grpcurl, start_envoy
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from harness import unique_email
+from harness import free_port, unique_email
 from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
@@ -127,3 +128,18 @@ def test_grpc_web_through_envoy(gateway: Gateway) -> None:
         assert body[:1] == b"\x80", body
         trailers = body[5:].decode()
     assert "grpc-status: 5" in trailers or trailers == "5", trailers
+
+
+def test_envoy_own_replies_stay_grpc_for_grpc_callers(envoy_logs: Path) -> None:
+    """The JSON bodies of Envoy's local replies are for REST callers: a gRPC caller of a server
+    that is down gets UNAVAILABLE with Envoy's plain message."""
+    envoy = start_envoy(free_port(), envoy_logs / "envoy-grpc-no-server.log")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{envoy.config.http_port}") as channel:
+            stub = pb_grpc.OrdersServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.GetCustomer(pb.GetCustomerRequest(id=1), timeout=10)
+    finally:
+        envoy.stop()
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not (failed.value.details() or "").lstrip().startswith("{"), failed.value.details()
