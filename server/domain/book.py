@@ -49,6 +49,8 @@ class OrderBook:
         self._seed_max_rows = seed_max_rows
         self._max_concurrent_seeds = max_concurrent_seeds
         self._seed_slots = threading.BoundedSemaphore(max_concurrent_seeds)
+        self._seeds_lock = threading.Lock()
+        self._running_seeds: set[SeedRun] = set()
         self._clock = clock
 
     # Customers
@@ -109,12 +111,22 @@ class OrderBook:
             raise _order_not_found(order_id)
         return order
 
-    def list_orders(self, filters: OrderFilter, requested_size: int, token: str) -> Page[Order]:
-        violations = Violations()
+    def list_orders(
+        self,
+        filters: OrderFilter,
+        requested_size: int,
+        token: str,
+        violations: Violations | None = None,
+    ) -> Page[Order]:
+        """`violations` may already hold what the caller found wrong while decoding the
+        request; every bad field is reported at once."""
+        violations = violations or Violations()
         if filters.customer_id is not None and filters.customer_id < 0:
             violations.add("customer_id", f"must not be negative, got {filters.customer_id}")
-        if filters.email is not None and len(filters.email) > MAX_EMAIL_LENGTH:
-            violations.add("email", f"must be at most {MAX_EMAIL_LENGTH} characters")
+        if filters.email is not None:
+            if len(filters.email) > MAX_EMAIL_LENGTH:
+                violations.add("email", f"must be at most {MAX_EMAIL_LENGTH} characters")
+            violations.storable("email", filters.email)
         size = page_size(requested_size, violations)
         after = decode_token(token, filters, violations)
         violations.raise_if_any()
@@ -185,7 +197,24 @@ class OrderBook:
                 "try again when one has finished (ORDERS_MAX_CONCURRENT_SEEDS)",
                 reason="SEED_LIMIT",
             )
-        return SeedRun(self._db, plan, on_finished=self._seed_slots.release)
+
+        def finished() -> None:
+            with self._seeds_lock:
+                self._running_seeds.discard(run)
+            self._seed_slots.release()
+
+        run = SeedRun(self._db, plan, on_finished=finished)
+        with self._seeds_lock:
+            self._running_seeds.add(run)
+        return run
+
+    def stop_seeds(self, wait: float = 10.0) -> None:
+        """Cancels every running seed and waits for its rollback: at shutdown, after the grace
+        period, no load may be cut off by the process exiting under it."""
+        with self._seeds_lock:
+            running = list(self._running_seeds)
+        for run in running:
+            run.cancel(wait)
 
 
 def _page(found: list[T], size: int, filters: object, key: Callable[[T], int]) -> Page[T]:

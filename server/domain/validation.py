@@ -44,9 +44,18 @@ class Violations:
         if value <= 0:
             self.add(field, f"must be a positive id, got {value}")
 
+    def storable(self, field: str, value: str) -> bool:
+        """PostgreSQL text cannot hold NUL characters; refuse them on every database alike."""
+        if "\x00" in value:
+            self.add(field, "must not contain NUL characters")
+            return False
+        return True
+
     def email(self, field: str, value: str) -> None:
         if not value:
             self.add(field, "is required")
+            return
+        if not self.storable(field, value):
             return
         if len(value) > MAX_EMAIL_LENGTH:
             self.add(field, f"must be at most {MAX_EMAIL_LENGTH} characters")
@@ -65,6 +74,8 @@ class Violations:
             self.add(field, "must not use the reserved .invalid domain")
 
     def text(self, field: str, value: str, max_length: int) -> None:
+        if not self.storable(field, value):
+            return
         if not value.strip():
             self.add(field, "is required")
         elif len(value) > max_length:

@@ -29,7 +29,7 @@ class OrdersServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database(settings.database_url, pool_size=settings.grpc_workers)
-        book = OrderBook(
+        self.book = book = OrderBook(
             self.database,
             seed_max_rows=settings.seed_max_rows,
             max_concurrent_seeds=settings.max_concurrent_seeds,
@@ -69,6 +69,7 @@ class OrdersServer:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then stops."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.shutdown_grace).wait()
+        self.book.stop_seeds()
         self.database.dispose()
         log.info("stopped")
 

@@ -8,9 +8,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 from orders.v1 import orders_pb2 as pb
 
-from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.records import Customer, NewItem, Order, OrderFilter, Status, SummaryRow
 from ..domain.seeding import Phase, Progress
+from ..domain.validation import Violations
 from .status import to_status_proto
 
 __all__ = [
@@ -121,15 +121,15 @@ def new_items(items: list[pb.OrderItem]) -> list[NewItem]:
     ]
 
 
-def order_filter(request: pb.ListOrdersRequest) -> OrderFilter:
+def order_filter(request: pb.ListOrdersRequest, violations: Violations) -> OrderFilter:
+    """The filters of a ListOrders request; an unknown status number is added to
+    `violations`, so that it is reported with every other bad field."""
     status: Status | None = None
     if request.status != pb.Order.STATUS_UNSPECIFIED:
-        if request.status not in _STATUS_FROM_PROTO:
+        status = _STATUS_FROM_PROTO.get(request.status)
+        if status is None:
             names = ", ".join(s.value for s in Status)
-            raise InvalidArgument(
-                [FieldViolation("status", f"must be one of {names}, got {request.status}")]
-            )
-        status = _STATUS_FROM_PROTO[request.status]
+            violations.add("status", f"must be one of {names}, got {request.status}")
     return OrderFilter(
         status=status,
         email=request.email or None,

@@ -11,6 +11,7 @@ from orders.v1 import orders_pb2_grpc
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
 from ..domain.seeding import authorize_seed
+from ..domain.validation import Violations
 from . import convert
 from .interceptor import metadata_value, request_id
 
@@ -60,9 +61,9 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def ListOrders(
         self, request: pb.ListOrdersRequest, context: grpc.ServicerContext
     ) -> pb.ListOrdersResponse:
-        page = self._book.list_orders(
-            convert.order_filter(request), request.page_size, request.page_token
-        )
+        violations = Violations()
+        filters = convert.order_filter(request, violations)
+        page = self._book.list_orders(filters, request.page_size, request.page_token, violations)
         return pb.ListOrdersResponse(
             orders=[convert.order_message(o) for o in page.items],
             next_page_token=page.next_page_token,
