@@ -3,7 +3,10 @@ crash the server or leak its internals."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import re
 import signal
 import subprocess
@@ -146,6 +149,41 @@ def test_sigint_stops_an_idle_server_cleanly(start_server) -> None:
     server = start_server()
     server.signal(signal.SIGINT)
     assert server.wait(timeout=15) == 0, server.log_text()
+
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+def _threads_taking(pid: int, signum: int) -> list[int]:
+    """The server's threads other than the main one that do not block `signum`."""
+    tids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        blocked = int(
+            next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16
+        )
+        if int(task.name) != pid and not blocked & (1 << (signum - 1)):
+            tids.append(int(task.name))
+    return tids
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_taken_by_any_thread_still_stops_the_server(start_server, signum) -> None:
+    # The kernel may hand a process-directed signal to any thread that does not block it (it
+    # does so for a busy server now and then): the server must notice it wherever it lands.
+    number = _SYS_TGKILL.get(platform.machine())
+    if number is None or not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux tgkill on x86_64 or aarch64")
+    server = start_server()
+    assert server.process is not None
+    pid = server.process.pid
+    tids = _threads_taking(pid, signum)
+    if not tids:
+        pytest.skip("every thread but the main one blocks the signal: only main can take it")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, pid, tids[-1], signum) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    assert server.wait(timeout=10) == 0, server.log_text()
 
 
 def test_shutdown_grace_cuts_a_long_seed_short_and_leaves_none_of_its_rows(
