@@ -20,6 +20,7 @@ from harness import (
     run_seed,
     seed_request,
     unique_email,
+    wait_for,
 )
 from orders.v1 import orders_pb2 as pb
 
@@ -321,6 +322,11 @@ def test_pages_are_stable_while_another_client_inserts_concurrently(shared_serve
             token = page.next_page_token
             if not token:
                 break
+            # Every page boundary sees at least one insert land (the writer never pauses).
+            landed = len(inserted)
+            wait_for(
+                lambda n=landed: len(inserted) > n or bool(failures), 10, "a concurrent insert"
+            )
     finally:
         stop.set()
         thread.join(timeout=30)

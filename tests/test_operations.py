@@ -183,7 +183,7 @@ def test_a_stop_signal_taken_by_any_thread_still_stops_the_server(start_server, 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(number, pid, tids[-1], signum) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    assert server.wait(timeout=10) == 0, server.log_text()
+    assert server.wait(timeout=8) == 0, server.log_text()
 
 
 def test_shutdown_grace_cuts_a_long_seed_short_and_leaves_none_of_its_rows(
