@@ -83,5 +83,8 @@ class OrdersServer:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
-        stopping.wait()
+        # Polled: a signal that lands on one of grpc's threads only runs its Python handler
+        # when the main thread next executes bytecode, which a bare wait() would never do.
+        while not stopping.wait(0.2):
+            pass
         self.stop()
