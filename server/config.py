@@ -20,6 +20,7 @@ class Settings:
     shutdown_grace: float
     environment: str
     admin_token: str | None
+    api_tokens: str
     seed_max_rows: int
     max_concurrent_seeds: int
     log_level: str
@@ -54,6 +55,7 @@ def load_settings() -> Settings:
         shutdown_grace=float(os.environ.get("ORDERS_SHUTDOWN_GRACE", "10")),
         environment=os.environ.get("ORDERS_ENV", "development").strip().lower() or "development",
         admin_token=os.environ.get("ORDERS_ADMIN_TOKEN") or None,
+        api_tokens=os.environ.get("ORDERS_API_TOKENS", ""),
         seed_max_rows=_int("ORDERS_SEED_MAX_ROWS", 5_000_000),
         max_concurrent_seeds=max(1, _int("ORDERS_MAX_CONCURRENT_SEEDS", 2)),
         log_level=os.environ.get("ORDERS_LOG_LEVEL", "INFO").upper(),

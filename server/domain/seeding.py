@@ -8,7 +8,6 @@ row generators, and the transaction rolls back: all or nothing.
 from __future__ import annotations
 
 import contextvars
-import hmac
 import threading
 import time
 from array import array
@@ -20,12 +19,12 @@ from typing import Any
 
 from ..storage.bulk import BulkLoader
 from ..storage.database import Database
-from .errors import DomainError, PermissionDenied, Unauthenticated
+from .errors import DomainError
 from .lifecycle import rollup_share
 from .records import Status
 from .validation import Violations
 
-__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "authorize_seed", "plan_seed"]
+__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "plan_seed"]
 
 MAX_CUSTOMERS = 100_000
 MAX_ORDERS_PER_CUSTOMER = 1_000
@@ -83,27 +82,6 @@ def plan_seed(
         )
     violations.raise_if_any()
     return plan
-
-
-def authorize_seed(admin_token: str | None, is_production: bool, authorization: str | None) -> None:
-    """Seed is a development tool: with an admin token configured it needs that token, and a
-    production deployment without one refuses everybody."""
-    if admin_token is None and not is_production:
-        return
-    if not authorization:
-        raise Unauthenticated(
-            "Seed needs an admin token: send 'authorization: Bearer <token>'",
-            reason="ADMIN_TOKEN_MISSING",
-        )
-    scheme, _, presented = authorization.partition(" ")
-    expected = (admin_token or "").encode()
-    # Compared in constant time; without a configured token nothing matches.
-    if (
-        admin_token is None
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(presented.strip().encode(), expected)
-    ):
-        raise PermissionDenied("the admin token is not valid", reason="ADMIN_TOKEN_INVALID")
 
 
 @dataclass(frozen=True, slots=True)

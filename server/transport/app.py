@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from orders.v1 import orders_pb2, orders_pb2_grpc
 
 from ..config import Settings
+from ..domain.access import AccessPolicy, Right, parse_api_tokens
 from ..domain.book import OrderBook
 from ..storage.database import Database
 from .interceptor import CallInterceptor
@@ -21,8 +22,31 @@ from .servicer import OrdersServicer
 
 __all__ = ["SERVICE_NAME", "OrdersServer"]
 
-SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].full_name
+_SERVICE = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"]
+SERVICE_NAME = _SERVICE.full_name
+_READS = {"GetCustomer", "ListCustomers", "GetOrder", "ListOrders", "GetSummary"}
+_WRITES = {"CreateCustomer", "CreateOrder", "PayOrder", "ShipOrder", "CancelOrder", "ArchiveOrder"}
+
+
+def _right(method: str) -> Right:
+    """Every method of the service needs a right; one not named above needs the admin token."""
+    if method in _READS:
+        return Right.READ
+    return Right.WRITE if method in _WRITES else Right.ADMIN
+
+
+RIGHTS = {f"/{SERVICE_NAME}/{m.name}": _right(m.name) for m in _SERVICE.methods}
 log = logging.getLogger("orders.server")
+
+
+def _access_policy(settings: Settings) -> AccessPolicy:
+    try:
+        tokens = parse_api_tokens(settings.api_tokens)
+    except OSError as exc:
+        raise SystemExit(f"ORDERS_API_TOKENS names a file that cannot be read: {exc}") from None
+    return AccessPolicy(
+        api_tokens=tokens, admin_token=settings.admin_token, is_production=settings.is_production
+    )
 
 
 class OrdersServer:
@@ -37,13 +61,11 @@ class OrdersServer:
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
-            interceptors=[CallInterceptor()],
+            interceptors=[CallInterceptor(_access_policy(settings), RIGHTS)],
             # A port already in use is an error, not a silent second listener.
             options=[("grpc.so_reuseport", 0)],
         )
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server(
-            OrdersServicer(book, settings.admin_token, settings.is_production), self.server
-        )
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server(OrdersServicer(book), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

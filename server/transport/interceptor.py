@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import grpc
 
+from ..domain.access import AccessPolicy, Right
 from ..storage.database import StatementCount, statements_counted
 from .status import to_grpc_status, to_status_proto
 
@@ -80,13 +81,16 @@ def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
     return _code_set(context) and type(error) is Exception
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(
+    behavior: Callable[..., Any], method: str, guard: Callable[[grpc.ServicerContext], None]
+) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         token = request_id.set(metadata_value(context, "x-request-id"))
         call = _Call(method, context)
         try:
             with statements_counted() as count:
                 try:
+                    guard(context)
                     response = behavior(request, context)
                 except Exception as error:
                     if _is_abort(error, context):
@@ -101,13 +105,18 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
     return handle
 
 
-def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+def _wrap_stream(
+    behavior: Callable[..., Iterator[Any]],
+    method: str,
+    guard: Callable[[grpc.ServicerContext], None],
+) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         token = request_id.set(metadata_value(context, "x-request-id"))
         call = _Call(method, context)
         try:
             with statements_counted() as count:
                 try:
+                    guard(context)
                     yield from behavior(request, context)
                 except Exception as error:
                     if _is_abort(error, context):
@@ -121,7 +130,28 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
     return handle
 
 
+def _open(_context: grpc.ServicerContext) -> None:
+    pass
+
+
 class CallInterceptor(grpc.ServerInterceptor):
+    """`rights` maps a method's full name to the right it needs; methods not in it (health,
+    reflection) are open."""
+
+    def __init__(self, policy: AccessPolicy, rights: Mapping[str, Right]) -> None:
+        self._policy = policy
+        self._rights = rights
+
+    def _guard(self, method: str) -> Callable[[grpc.ServicerContext], None]:
+        needed = self._rights.get(method)
+        if needed is None:
+            return _open
+
+        def guard(context: grpc.ServicerContext) -> None:
+            self._policy.check(needed, metadata_value(context, "authorization"))
+
+        return guard
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
@@ -131,23 +161,24 @@ class CallInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        guard = self._guard(method)
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **kwargs
+                _wrap_unary(handler.unary_unary, method, guard), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method), **kwargs
+                _wrap_unary(handler.stream_unary, method, guard), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method), **kwargs
+                _wrap_stream(handler.unary_stream, method, guard), **kwargs
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method), **kwargs
+            _wrap_stream(handler.stream_stream, method, guard), **kwargs
         )

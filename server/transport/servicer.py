@@ -10,10 +10,9 @@ from orders.v1 import orders_pb2_grpc
 
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
-from ..domain.seeding import authorize_seed
 from ..domain.validation import Violations
 from . import convert
-from .interceptor import metadata_value, request_id
+from .interceptor import request_id
 
 __all__ = ["OrdersServicer"]
 
@@ -22,10 +21,8 @@ _CREATED = (("x-http-code", "201"),)
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
-    def __init__(self, book: OrderBook, admin_token: str | None, is_production: bool) -> None:
+    def __init__(self, book: OrderBook) -> None:
         self._book = book
-        self._admin_token = admin_token
-        self._is_production = is_production
 
     def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: grpc.ServicerContext
@@ -93,9 +90,6 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def Seed(
         self, request: pb.SeedRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SeedResponse]:
-        authorize_seed(
-            self._admin_token, self._is_production, metadata_value(context, "authorization")
-        )
         run = self._book.start_seed(
             request.customers, request.orders_per_customer, request.items_per_order
         )
