@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "AlreadyExists",
+    "DeadlineExceeded",
     "DomainError",
     "FailedPrecondition",
     "FieldViolation",
@@ -69,4 +70,8 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
+    pass
+
+
+class DeadlineExceeded(DomainError):
     pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..domain.errors import Unavailable
+from ..domain.errors import DeadlineExceeded, Unavailable
 
 __all__ = ["Database", "StatementCount", "count_statement", "statements_counted"]
 
@@ -30,6 +31,40 @@ _UNREACHABLE = (
     psycopg.OperationalError,
     sqlite3.OperationalError,
 )
+
+
+_LONGEST_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's statement_timeout is an int of milliseconds
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "orders_deadline", default=None
+)
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Bounds every transaction opened inside by a call's remaining time (None: unbounded).
+    A deadline beyond what PostgreSQL's statement_timeout can hold (some proxies send
+    'practically infinite') counts as none."""
+    if seconds is not None and seconds * 1000 > _LONGEST_TIMEOUT_MS:
+        seconds = None
+    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _remaining_seconds() -> float | None:
+    ends = _deadline.get()
+    return None if ends is None else ends - time.monotonic()
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A statement cut short by the deadline (PostgreSQL's query_canceled, SQLite's
+    interrupt), as opposed to a database that cannot be reached."""
+    original = getattr(exc, "orig", exc)
+    if isinstance(original, psycopg.errors.QueryCanceled):
+        return True
+    return isinstance(original, sqlite3.OperationalError) and "interrupt" in str(original)
 
 
 class StatementCount:
@@ -108,17 +143,54 @@ class Database:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Session]:
         # Leaving the block by an exception closes the session, which rolls back.
+        remaining = _remaining_seconds()
         try:
             with self._sessions() as session:
-                if write and self.is_sqlite:
-                    session.connection(execution_options={"orders_write": True})
-                yield session
-                session.commit()
+                if (write and self.is_sqlite) or remaining is not None:
+                    options = {"orders_write": True} if write and self.is_sqlite else {}
+                    driver = session.connection(execution_options=options).connection
+                if remaining is None:
+                    yield session
+                    session.commit()
+                else:
+                    with self._bounded(driver.driver_connection, remaining):
+                        yield session
+                        session.commit()
         except _UNREACHABLE as exc:
+            if _is_timeout(exc):
+                raise DeadlineExceeded(
+                    "the call's deadline passed while the database was working; nothing was "
+                    "changed",
+                    reason="DEADLINE_EXCEEDED",
+                ) from exc
             log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
             raise Unavailable(
                 "the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE"
             ) from exc
+
+    @contextmanager
+    def _bounded(self, driver: Any, remaining: float) -> Iterator[None]:
+        """Makes the database give up when the call's deadline passes: the remaining time
+        becomes PostgreSQL's statement_timeout for this transaction, or a progress handler
+        interrupting SQLite. Sent on the driver's connection: setup, not a counted statement."""
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                "the call's deadline passed before the database was reached",
+                reason="DEADLINE_EXCEEDED",
+            )
+        if self.is_postgresql:
+            driver.execute(
+                "SELECT set_config('statement_timeout', %s, true)",
+                (str(max(1, int(remaining * 1000))),),
+            )
+            yield
+            return
+        ends = time.monotonic() + remaining
+        driver.set_progress_handler(lambda: int(time.monotonic() > ends), 10_000)
+        try:
+            yield
+        finally:
+            driver.set_progress_handler(None, 0)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -15,7 +15,7 @@ from typing import Any, cast
 import grpc
 
 from ..domain.access import AccessPolicy, Right
-from ..storage.database import StatementCount, statements_counted
+from ..storage.database import StatementCount, deadline, statements_counted
 from .status import to_grpc_status, to_status_proto
 
 __all__ = ["STATEMENTS_TRAILER", "CallInterceptor", "metadata_value", "request_id"]
@@ -88,7 +88,7 @@ def _wrap_unary(
         token = request_id.set(metadata_value(context, "x-request-id"))
         call = _Call(method, context)
         try:
-            with statements_counted() as count:
+            with statements_counted() as count, deadline(context.time_remaining()):
                 try:
                     guard(context)
                     response = behavior(request, context)
@@ -114,7 +114,7 @@ def _wrap_stream(
         token = request_id.set(metadata_value(context, "x-request-id"))
         call = _Call(method, context)
         try:
-            with statements_counted() as count:
+            with statements_counted() as count, deadline(context.time_remaining()):
                 try:
                     guard(context)
                     yield from behavior(request, context)

@@ -1,0 +1,79 @@
+"""A call's deadline bounds its database work: the remaining time becomes PostgreSQL's
+statement_timeout, or interrupts SQLite, and the caller gets DEADLINE_EXCEEDED."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+from harness import OrdersServer, PostgresDatabases, SqliteDatabases
+from orders.v1 import orders_pb2 as pb
+from sqlalchemy import text
+
+from server.domain.errors import DeadlineExceeded
+from server.storage.database import Database, deadline
+
+# A statement that runs far longer than any deadline below.
+SLOW = {
+    "postgresql": "SELECT pg_sleep(5)",
+    "sqlite": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 50000000) "
+    "SELECT count(*) FROM n",
+}
+
+
+def test_a_slow_statement_is_stopped_at_the_deadline(
+    databases: SqliteDatabases | PostgresDatabases,
+) -> None:
+    database = Database(databases.create())
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded), deadline(0.3), database.session() as session:
+        session.execute(text(SLOW[databases.kind]))
+    elapsed = time.monotonic() - started
+    # A new transaction after it works: the bound was local to the one that timed out.
+    with database.session() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    database.dispose()
+    assert elapsed < 2.0, f"the statement ran {elapsed:.2f} s past a 0.3 s deadline"
+
+
+def test_no_deadline_leaves_statements_unbounded(
+    databases: SqliteDatabases | PostgresDatabases,
+) -> None:
+    database = Database(databases.create())
+    with deadline(None), database.session() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    database.dispose()
+
+
+def test_an_expired_seed_call_stops_and_leaves_no_rows(
+    start_server: Callable[..., OrdersServer],
+) -> None:
+    server = start_server()
+    with pytest.raises(grpc.RpcError) as failed:
+        list(
+            server.stub.Seed(
+                pb.SeedRequest(customers=20_000, orders_per_customer=10, items_per_order=5),
+                timeout=0.5,
+            )
+        )
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline_at = time.monotonic() + 10
+    while time.monotonic() < deadline_at:
+        summary = server.stub.GetSummary(pb.GetSummaryRequest(), timeout=10)
+        customers = server.stub.ListCustomers(pb.ListCustomersRequest(page_size=1), timeout=10)
+        if not customers.customers:
+            break
+        time.sleep(0.2)
+    assert not customers.customers and not summary.customers
+
+
+def test_a_practically_infinite_deadline_counts_as_none(
+    databases: SqliteDatabases | PostgresDatabases,
+) -> None:
+    # Envoy forwards grpc-timeout values of thousands of years; they must not break the call.
+    database = Database(databases.create())
+    with deadline(9.2e18), database.session() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    database.dispose()
