@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if is_serving(args.target, args.service) else 1
 
     config = GatewayConfig.from_env(args.variant)
+    if args.variant == "local":
+        config = config.with_server_processes(os.environ)  # as `run` starts them
     if args.command == "validate":
         # The compose file mounts this very descriptor at COMPOSE_DESCRIPTOR_PATH; Envoy checks
         # that the file exists, so validate with it where it is here.

@@ -7,12 +7,15 @@ value must have a placeholder, so that a typo fails here rather than inside Envo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from server.config import grpc_processes, socket_dir, worker_sockets
 
 __all__ = [
     "COMPOSE_DESCRIPTOR_PATH",
@@ -47,6 +50,9 @@ class GatewayConfig:
     # (the host publishes it on its loopback only). Admin stays on loopback in both.
     listen_address: str = "127.0.0.1"
     descriptor_path: str = str(DESCRIPTOR_PATH)
+    # The server processes' Unix sockets (a local run): Envoy balances over them. Empty:
+    # upstream_host:upstream_port, one address (docker-compose, tests of a single server).
+    upstream_sockets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(
@@ -73,6 +79,34 @@ class GatewayConfig:
             upstream_host=env.get("ORDERS_UPSTREAM_HOST") or defaults.upstream_host,
         )
 
+    def with_server_processes(self, environ: Mapping[str, str]) -> GatewayConfig:
+        """The same configuration balancing over the Unix socket of each server process that
+        `python -m server serve` starts with this environment (ORDERS_GRPC_PROCESSES)."""
+        sockets = worker_sockets(socket_dir(environ), self.upstream_port, grpc_processes(environ))
+        return dataclasses.replace(self, upstream_sockets=tuple(str(p) for p in sockets))
+
+    def placeholders(self) -> dict[str, str]:
+        """The values of envoy.yaml's placeholders."""
+        # YAML flow sequences, in the style of the rest of envoy.yaml.
+        if self.upstream_sockets:
+            endpoints = ", ".join(
+                f"{{endpoint: {{address: {{pipe: {{path: {json.dumps(path)}}}}}}}}}"
+                for path in self.upstream_sockets
+            )
+            cluster_type = "STATIC"
+        else:
+            address = f"{{address: {self.upstream_host}, port_value: {self.upstream_port}}}"
+            endpoints = f"{{endpoint: {{address: {{socket_address: {address}}}}}}}"
+            cluster_type = "STRICT_DNS"
+        return {
+            "http_port": str(self.http_port),
+            "admin_port": str(self.admin_port),
+            "listen_address": self.listen_address,
+            "descriptor_path": self.descriptor_path,
+            "cluster_type": cluster_type,
+            "upstream_endpoints": f"[{endpoints}]",
+        }
+
     @property
     def rest_url(self) -> str:
         return f"http://{_client_host(self.listen_address)}:{self.http_port}"
@@ -85,7 +119,7 @@ class GatewayConfig:
 def render(config: GatewayConfig, template: str | None = None) -> str:
     """The Envoy configuration for ``config``: envoy.yaml with its placeholders filled."""
     text = TEMPLATE_PATH.read_text(encoding="utf-8") if template is None else template
-    values = {field.name: str(getattr(config, field.name)) for field in dataclasses.fields(config)}
+    values = config.placeholders()
     used = set(_PLACEHOLDER.findall(text))
     if unknown := used - values.keys():
         raise ValueError(f"envoy.yaml has placeholders with no value: {sorted(unknown)}")

@@ -32,7 +32,8 @@ def run(environ: Mapping[str, str] | None = None) -> int:
     """Starts the server and Envoy, waits until both are ready, prints the URLs, and stays in
     the foreground until SIGINT or SIGTERM (or until either child exits). Returns the exit code."""
     env = dict(os.environ if environ is None else environ)
-    config = GatewayConfig.from_env("local", env)
+    # Envoy balances over every server process's Unix socket (ORDERS_GRPC_PROCESSES).
+    config = GatewayConfig.from_env("local", env).with_server_processes(env)
     grpc_target = f"{config.upstream_host}:{config.upstream_port}"
     env.setdefault("ORDERS_GRPC_PORT", str(config.upstream_port))
 
@@ -58,9 +59,10 @@ def run(environ: Mapping[str, str] | None = None) -> int:
         return server.poll() is not None or envoy.poll() is not None
 
     try:
-        wait_until_serving(
-            grpc_target, should_stop=lambda: stopping.is_set() or server.poll() is not None
-        )
+        for target in [grpc_target, *(f"unix:{path}" for path in config.upstream_sockets)]:
+            wait_until_serving(
+                target, should_stop=lambda: stopping.is_set() or server.poll() is not None
+            )
         envoy.start()
         envoy.wait_ready(should_stop=lambda: stopping.is_set() or child_exited())
         _say(

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s",
         stream=sys.stderr,
     )
     if args.command == "migrate":
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return check_consistency(Database(settings.database_url), fix=args.fix)
+    if settings.grpc_processes > 1 and settings.worker_index < 0:
+        from .supervisor import supervise
+
+        return supervise(settings)
     from .transport.app import OrdersServer
 
     OrdersServer(settings).serve_until_signalled()

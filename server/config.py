@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "grpc_processes", "load_settings", "socket_dir", "worker_sockets"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +19,9 @@ class Settings:
     grpc_host: str
     grpc_port: int
     grpc_workers: int
+    grpc_processes: int
+    worker_index: int  # which process of a supervised group; -1 when not supervised
+    socket_dir: Path
     shutdown_grace: float
     environment: str
     admin_token: str | None
@@ -26,12 +31,18 @@ class Settings:
     log_level: str
 
     @property
+    def socket_path(self) -> Path:
+        """This process's Unix socket."""
+        sockets = worker_sockets(self.socket_dir, self.grpc_port, self.grpc_processes)
+        return sockets[max(self.worker_index, 0)]
+
+    @property
     def is_production(self) -> bool:
         return self.environment == "production"
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+def _int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
@@ -46,12 +57,37 @@ def default_database_url() -> str:
     return f"sqlite:///{(data / 'orders.sqlite3').resolve()}"
 
 
+def socket_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where each server process also listens on a Unix socket, for Envoy to balance over."""
+    configured = env.get("ORDERS_SOCKET_DIR", "").strip()
+    if configured:
+        return Path(configured)
+    return Path(env.get("ORDERS_DATA_DIR", ROOT / "data")) / "sockets"
+
+
+def grpc_processes(env: Mapping[str, str] = os.environ) -> int:
+    return max(1, _int("ORDERS_GRPC_PROCESSES", os.cpu_count() or 1, env))
+
+
+def worker_sockets(directory: Path, port: int, processes: int) -> list[Path]:
+    """The Unix socket of each server process: the one place both the server and the gateway
+    derive them from. A path too long for a socket address falls back to the temp folder."""
+    paths = [directory / f"grpc-{port}-{i}.sock" for i in range(processes)]
+    if any(len(str(path)) > 100 for path in paths):
+        short = Path(tempfile.gettempdir()) / f"orders-{os.getuid()}"
+        paths = [short / path.name for path in paths]
+    return paths
+
+
 def load_settings() -> Settings:
     return Settings(
         database_url=os.environ.get("DATABASE_URL", "").strip() or default_database_url(),
         grpc_host=os.environ.get("ORDERS_GRPC_HOST", "127.0.0.1"),
         grpc_port=_int("ORDERS_GRPC_PORT", 50051),
         grpc_workers=_int("ORDERS_GRPC_WORKERS", 16),
+        grpc_processes=grpc_processes(),
+        worker_index=_int("ORDERS_WORKER_INDEX", -1),
+        socket_dir=socket_dir(),
         shutdown_grace=float(os.environ.get("ORDERS_SHUTDOWN_GRACE", "10")),
         environment=os.environ.get("ORDERS_ENV", "development").strip().lower() or "development",
         admin_token=os.environ.get("ORDERS_ADMIN_TOKEN") or None,

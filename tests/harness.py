@@ -258,6 +258,9 @@ class OrdersServer:
         env.update(
             DATABASE_URL=self.database_url,
             ORDERS_GRPC_PORT=str(self.port),
+            # One process per test server (the default is one per core); tests of the
+            # multi-process mode ask for more.
+            ORDERS_GRPC_PROCESSES="1",
             PYTHONUNBUFFERED="1",
         )
         env.update(self._extra_env)

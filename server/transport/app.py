@@ -62,8 +62,9 @@ class OrdersServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
             interceptors=[CallInterceptor(_access_policy(settings), RIGHTS)],
-            # A port already in use is an error, not a silent second listener.
-            options=[("grpc.so_reuseport", 0)],
+            # Several processes share the port (the kernel spreads connections over them);
+            # a single one treats a port already in use as an error, not a second listener.
+            options=[("grpc.so_reuseport", 1 if settings.grpc_processes > 1 else 0)],
         )
         orders_pb2_grpc.add_OrdersServiceServicer_to_server(OrdersServicer(book), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -74,15 +75,23 @@ class OrdersServer:
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {address}: is the port already in use?")
+        # Each process also listens on a Unix socket of its own, so that Envoy can balance
+        # over the processes evenly instead of leaving it to the kernel's connection hash.
+        self.socket_path = settings.socket_path
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        if self.server.add_insecure_port(f"unix:{self.socket_path}") == 0:
+            raise SystemExit(f"cannot listen on unix:{self.socket_path}")
 
     def start(self) -> None:
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving gRPC on %s:%d (database %s, environment %s)",
+            "serving gRPC on %s:%d and unix:%s (database %s, environment %s)",
             self.settings.grpc_host,
             self.port,
+            self.socket_path,
             self.database.url.render_as_string(hide_password=True),
             self.settings.environment,
         )
@@ -93,6 +102,7 @@ class OrdersServer:
         self.server.stop(self.settings.shutdown_grace).wait()
         self.book.stop_seeds()
         self.database.dispose()
+        self.socket_path.unlink(missing_ok=True)
         log.info("stopped")
 
     def serve_until_signalled(self) -> None:

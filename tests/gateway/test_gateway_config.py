@@ -18,6 +18,7 @@ from harness import ROOT
 
 from gateway import GatewayConfig, render
 from gateway.config import COMPOSE_DESCRIPTOR_PATH, DESCRIPTOR_PATH
+from gateway.envoy import validate
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 RENDER_ENV = {
@@ -213,3 +214,13 @@ def test_dockerfile_copies_files_that_exist() -> None:
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
     assert 'CMD ["python", "-m", "server", "serve"]' in dockerfile
+
+
+def test_a_local_run_balances_over_every_server_process_socket() -> None:
+    env = {"ORDERS_GRPC_PORT": "15053", "ORDERS_GRPC_PROCESSES": "3", "ORDERS_SOCKET_DIR": "/run/o"}
+    text = render(GatewayConfig.from_env("local", env).with_server_processes(env))
+    assert "type: STATIC" in text
+    assert re.findall(r'pipe: \{path: "([^"]+)"\}', text) == [
+        f"/run/o/grpc-15053-{i}.sock" for i in range(3)
+    ]
+    validate(text)  # Envoy accepts pipe endpoints in a STATIC cluster
