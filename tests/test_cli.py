@@ -1,0 +1,367 @@
+"""The `orders` CLI as a user runs it: the installed console script in a subprocess against a
+live server. JSON for scripts, tables for people, every page with --all, one-line errors with
+a non-zero exit, tokens from the environment, and the seed's live progress bar in a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    OrdersServer,
+    free_port,
+    list_all_customers,
+    long_seed,
+    table_counts,
+    unique_email,
+)
+from orders.v1 import orders_pb2 as pb
+
+from orders_client import OrdersClient
+
+ORDERS = Path(sys.executable).parent / "orders"
+ADMIN = "cli-admin-token-77c2"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Tests of the CLI's own behaviour, whatever database the server uses: run on SQLite only.
+ONE_BACKEND = pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        assert self.code == 0, f"exit {self.code}: {self.err}"
+        return json.loads(self.out)
+
+
+def cli_env(target: str, **extra: str) -> dict[str, str]:
+    """The developer's ORDERS_* variables left out: each test says what the CLI sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERS_")}
+    env.update(ORDERS_TARGET=target, COLUMNS="160", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def orders(target: str, *args: str, timeout: float = 60, **env: str) -> Result:
+    done = subprocess.run(
+        [str(ORDERS), *args],
+        env=cli_env(target, **env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def expect_error(result: Result, line: str, code: int = 1) -> None:
+    """Exit `code`, nothing on stdout, and exactly one line on stderr starting with `line`."""
+    assert result.code == code, (result.code, result.out, result.err)
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), result.err
+
+
+def new_customer(target: str) -> dict[str, Any]:
+    email = unique_email("cli")
+    return orders(target, "customers", "create", "--email", email, "--name", "Cli", "--json").json()
+
+
+def new_order(target: str, customer_id: str, *items: str) -> dict[str, Any]:
+    lines = [a for i in (items or ("SKU-1:1:100",)) for a in ("--item", i)]
+    return orders(target, "create", "--customer-id", customer_id, *lines, "--json").json()
+
+
+# --------------------------------------------------------------------------------------------
+# JSON for scripts.
+
+
+def test_every_command_prints_proto3_json(shared_server: OrdersServer) -> None:
+    target = shared_server.address
+    customer = new_customer(target)
+    assert set(customer) == {"id", "email", "name", "created_at"}
+    assert isinstance(customer["id"], str), "int64 is a JSON string in proto3 JSON"
+    cid = customer["id"]
+    assert orders(target, "customers", "get", cid, "--json").json() == customer
+
+    order = new_order(target, cid, "BOOK:2:1250", "PEN:3:199")
+    assert order["status"] == "DRAFT" and order["is_archived"] is False
+    assert order["total_cents"] == "3097" and order["customer"] == customer
+    assert [(i["sku"], i["quantity"], i["unit_price_cents"]) for i in order["items"]] == [
+        ("BOOK", 2, "1250"),
+        ("PEN", 3, "199"),
+    ]
+    oid = order["id"]
+    assert orders(target, "pay", oid, "--json").json()["status"] == "PAID"
+    assert orders(target, "ship", oid, "--json").json()["status"] == "SHIPPED"
+    archived = orders(target, "--json", "archive", oid).json()  # --json before the command too
+    assert archived["is_archived"] is True
+    assert orders(target, "get", oid, "--json").json() == archived
+
+    other = new_order(target, cid)
+    assert orders(target, "cancel", other["id"], "--json").json()["status"] == "CANCELLED"
+    assert orders(target, "customers", "get", cid, "--json").json() == customer
+
+    summary = orders(target, "summary", "--limit", "3", "--json").json()
+    assert set(summary) == {"customers"} and len(summary["customers"]) <= 3
+
+
+def test_list_pages_through_every_page_and_filters(shared_server: OrdersServer) -> None:
+    target = shared_server.address
+    with OrdersClient.connect(target, environ={}) as client:  # the setup, without the CLI
+        email = unique_email("pages")
+        cid = str(client.create_customer(email, "Pages").id)
+        item = pb.OrderItem(sku="SKU-1", quantity=1, unit_price_cents=100)
+        made = [str(client.create_order(int(cid), [item]).id) for _ in range(7)]
+        client.pay_order(int(made[1]))
+        client.archive_order(int(made[0]))
+    mine = ("list", "--customer-id", cid, "--json")
+
+    first = orders(target, *mine, "--page-size", "3").json()
+    assert [o["id"] for o in first["orders"]] == made[6:3:-1] and first["next_page_token"]
+    second = orders(target, *mine, "--page-size", "3", "--page-token", first["next_page_token"])
+    assert [o["id"] for o in second.json()["orders"]] == made[3:0:-1]
+
+    every = orders(target, *mine, "--page-size", "3", "--all").json()
+    assert [o["id"] for o in every["orders"]] == made[:0:-1], "six pages' worth, archived left out"
+    assert every["next_page_token"] == ""
+    archived_too = orders(target, *mine, "--all", "--include-archived", "--page-size", "2")
+    assert [o["id"] for o in archived_too.json()["orders"]] == made[::-1]
+    paid = orders(target, *mine, "--all", "--status", "paid").json()
+    assert [o["id"] for o in paid["orders"]] == [made[1]]
+    by_email = orders(target, "list", "--email", email.upper(), "--all", "--json")
+    assert [o["id"] for o in by_email.json()["orders"]] == made[:0:-1]
+
+    # For people: a table, and how to get the next page.
+    table = orders(target, "list", "--customer-id", cid, "--page-size", "3")
+    assert table.code == 0 and "3 orders" in table.out
+    assert "more: orders list --page-token" in table.out
+    table = orders(target, "list", "--customer-id", cid, "--page-size", "3", "--all")
+    assert "6 orders" in table.out and "more:" not in table.out
+
+
+@ONE_BACKEND
+def test_tables_for_people(shared_server: OrdersServer) -> None:
+    target = shared_server.address
+    email = unique_email("table")
+    created = orders(target, "customers", "create", "--email", email, "--name", "Ada [Lovelace]")
+    # Text as given: "[...]" is not read as rich markup.
+    assert created.code == 0 and email in created.out and "Ada [Lovelace]" in created.out
+    customer_id = orders(target, "customers", "list", "--page-size", "1", "--json").json()
+    cid = customer_id["customers"][0]["id"]
+    assert email in orders(target, "customers", "get", cid).out
+    oid = new_order(target, cid, "BOOK:2:1250")["id"]
+    shown = orders(target, "pay", oid)
+    assert shown.code == 0 and "PAID" in shown.out and "BOOK" in shown.out and "25.00" in shown.out
+    assert not shown.out.lstrip().startswith("{")
+    listed = orders(target, "list", "--customer-id", cid)
+    assert listed.code == 0 and "1 order" in listed.out and email in listed.out
+    summary = orders(target, "summary", "--limit", "1000")
+    assert summary.code == 0 and "Customers by PAID" in summary.out
+
+
+# --------------------------------------------------------------------------------------------
+# Errors.
+
+
+@ONE_BACKEND
+def test_errors_are_one_line_on_stderr_with_a_non_zero_exit(shared_server: OrdersServer) -> None:
+    target = shared_server.address
+    expect_error(
+        orders(target, "get", "987654321"), "error: NOT_FOUND: order 987654321 does not exist"
+    )
+    expect_error(orders(target, "get", "987654321", "--json"), "error: NOT_FOUND: order")
+    customer = new_customer(target)
+    expect_error(
+        orders(target, "customers", "create", "--email", customer["email"].upper(), "--name", "X"),
+        "error: ALREADY_EXISTS: ",
+    )
+    order = new_order(target, customer["id"])
+    assert orders(target, "cancel", order["id"]).code == 0
+    expect_error(orders(target, "pay", order["id"]), "error: FAILED_PRECONDITION: ")
+    expect_error(
+        orders(target, "list", "--page-size", "-1"), "error: INVALID_ARGUMENT: page_size: "
+    )
+    expect_error(
+        orders(target, "seed", "--customers", "0", "--orders-per-customer", "-1"),
+        "error: INVALID_ARGUMENT: customers: ",
+    )
+    # A command line the server never sees: exit 2, argparse's usage and its reason.
+    for args in (
+        ("list", "--status", "sent"),
+        ("get", "abc"),
+        ("create", "--customer-id", "1", "--item", "BOOK-2"),
+        ("frobnicate",),
+    ):
+        result = orders(target, *args)
+        assert result.code == 2 and result.out == "" and "error:" in result.err, result
+
+
+def test_an_unreachable_server_is_one_line_after_the_retries() -> None:
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    result = orders(target, "list")
+    took = time.monotonic() - started
+    expect_error(result, "error: UNAVAILABLE: ")
+    assert f"(target {target})" in result.err
+    # The retry policy waits about 0.2 + 0.4 + 0.8 + 1.6 s (+-20%) before giving up.
+    assert took > 1.5, f"gave up after {took:.2f}s: UNAVAILABLE was not retried"
+
+
+# --------------------------------------------------------------------------------------------
+# Seed.
+
+
+def run_in_terminal(
+    args: list[str], env: dict[str, str], interrupt_after: str | None = None
+) -> tuple[int, str]:
+    """Runs `args` on a pseudo-terminal of 120 columns; returns its exit code and everything it
+    wrote. With `interrupt_after`, sends SIGINT once that text has appeared."""
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    process = subprocess.Popen(
+        args, stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True
+    )
+    os.close(secondary)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 90
+    interrupted = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if not ready:
+                if process.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if interrupt_after and not interrupted:
+                if interrupt_after in ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")):
+                    process.send_signal(signal.SIGINT)
+                    interrupted = True
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(main)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+@ONE_BACKEND
+def test_seed_shows_a_live_progress_bar_then_a_summary(
+    shared_server: OrdersServer, backend: str
+) -> None:
+    # Long enough for several progress messages (the server sends one every half second).
+    request = long_seed(shared_server, backend, seconds=2.5)
+    code, screen = run_in_terminal(
+        [
+            str(ORDERS),
+            "seed",
+            "--customers",
+            str(request.customers),
+            "--orders-per-customer",
+            str(request.orders_per_customer),
+            "--items-per-order",
+            str(request.items_per_order),
+        ],
+        cli_env(shared_server.address, TERM="xterm-256color"),
+    )
+    assert code == 0, screen
+    text = ANSI.sub("", screen)
+    total = request.customers * (1 + request.orders_per_customer * (1 + request.items_per_order))
+    # Each redraw of the bar: "<phase> <bar> <pct>% <done>/<total> <rate> rows/s ETA h:mm:ss".
+    redraws = re.findall(
+        r"(\w+)\s+\S*\s+(\d+)%\s+([\d,]+)/([\d,]+)\s+([\d,?]+) rows/s\s+(ETA [-\d:]+|in [\d:]+)",
+        text,
+    )
+    assert redraws, text[-2000:]
+    assert {int(t.replace(",", "")) for *_, t, _, _ in redraws} == {total}
+    done_counts = {int(d.replace(",", "")) for _, _, d, _, _, _ in redraws}
+    assert len(done_counts) >= 3, f"the bar moved only through {sorted(done_counts)}"
+    assert max(done_counts) == total and min(done_counts) < total
+    assert any(re.fullmatch(r"ETA \d+:\d\d:\d\d", eta) for *_, eta in redraws), "an ETA in time"
+    assert any(rate not in ("?", "0") for *_, rate, _ in redraws), "a rate in rows/s"
+    assert {phase for phase, *_ in redraws} >= {"items", "done"}
+    # Then the summary table, with the totals.
+    summary = text[text.index("Seed done") :]
+    assert f"{request.customers:,}" in summary and f"{total:,}" in summary
+    assert re.search(r"rows/s\s+[\d,]+", summary)
+
+
+@ONE_BACKEND
+def test_ctrl_c_cancels_the_seed_and_nothing_of_it_is_kept(
+    shared_server: OrdersServer, backend: str
+) -> None:
+    request = long_seed(shared_server, backend, seconds=4.0)
+    before = table_counts(shared_server.database_url)
+    code, screen = run_in_terminal(
+        [
+            str(ORDERS),
+            "seed",
+            "--customers",
+            str(request.customers),
+            "--orders-per-customer",
+            str(request.orders_per_customer),
+            "--items-per-order",
+            str(request.items_per_order),
+        ],
+        cli_env(shared_server.address, TERM="xterm-256color"),
+        interrupt_after="rows/s",
+    )
+    text = ANSI.sub("", screen)
+    assert code == 130, text[-2000:]
+    assert "error: seed cancelled" in text and "Traceback" not in text
+    deadline = time.monotonic() + 30
+    while table_counts(shared_server.database_url) != before:
+        assert time.monotonic() < deadline, "the cancelled seed left rows behind"
+        time.sleep(0.2)
+
+
+@ONE_BACKEND
+def test_seed_json_is_one_message_a_line_and_needs_the_admin_token(start_server: Any) -> None:
+    server = start_server(ORDERS_ADMIN_TOKEN=ADMIN)
+    seed = ("seed", "--customers", "3", "--orders-per-customer", "2", "--items-per-order", "1")
+    expect_error(orders(server.address, *seed, "--json"), "error: UNAUTHENTICATED: ")
+    expect_error(
+        orders(server.address, *seed, ORDERS_ADMIN_TOKEN="wrong"), "error: PERMISSION_DENIED: "
+    )
+    result = orders(server.address, *seed, "--json", ORDERS_ADMIN_TOKEN=ADMIN)
+    assert result.code == 0, result.err
+    messages = [json.loads(line) for line in result.out.splitlines()]
+    assert messages[0]["phase"] == "PHASE_STARTED" and messages[0]["done"] is False
+    last = messages[-1]
+    assert last["phase"] == "PHASE_DONE" and last["done"] is True
+    assert (last["customers_done"], last["orders_done"], last["items_done"]) == ("3", "6", "6")
+    # Without a TTY and without --json: no animation, the final bar and the summary table.
+    plain = orders(server.address, *seed, ORDERS_ADMIN_TOKEN=ADMIN)
+    assert plain.code == 0 and "Seed done" in plain.out and "\x1b[" not in plain.out
+
+    # Every customer of this fresh database, over pages of four.
+    every = orders(server.address, "customers", "list", "--all", "--page-size", "4", "--json")
+    ids = [c["id"] for c in every.json()["customers"]]
+    assert ids == [str(c.id) for c in list_all_customers(server.stub)] and len(ids) == 6
+    assert "6 customers" in orders(server.address, "customers", "list", "--all").out
