@@ -8,13 +8,14 @@ with OrdersClient.connect("127.0.0.1:50051") as client:
 """
 
 from .channel import DEFAULT_TARGET, RetryPolicy, open_channel, service_config
-from .client import Deadlines, OrdersClient, SeedStream, parse_status
+from .client import Deadlines, OrderFilters, OrdersClient, SeedStream, parse_status
 from .errors import FieldViolation, OrdersError
 
 __all__ = [
     "DEFAULT_TARGET",
     "Deadlines",
     "FieldViolation",
+    "OrderFilters",
     "OrdersClient",
     "OrdersError",
     "RetryPolicy",

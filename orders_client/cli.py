@@ -15,12 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from google.protobuf.message import Message
 from orders.v1 import orders_pb2 as pb
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from . import views
 from .channel import DEFAULT_TARGET, TARGET_VARIABLE, resolve_target
-from .client import Deadlines, OrdersClient, parse_status
+from .client import Deadlines, OrderFilters, OrdersClient, parse_status
 from .errors import OrdersError
 from .progress import SeedProgress, seed_summary_table
 
@@ -188,18 +189,17 @@ def _more(console: Console, command: str, token: str) -> None:
 
 
 def _list_orders(args: argparse.Namespace, client: OrdersClient, console: Console) -> int:
-    filters = {
+    filters: OrderFilters = {
         "status": args.status,
         "email": args.email,
         "customer_id": args.customer_id,
         "include_archived": args.include_archived,
-        "page_size": args.page_size,
     }
     if args.all:
-        orders = list(client.iter_orders(**filters))
+        orders = list(client.iter_orders(page_size=args.page_size, **filters))
         page = pb.ListOrdersResponse(orders=orders)
     else:
-        page = client.list_orders(page_token=args.page_token, **filters)
+        page = client.list_orders(page_size=args.page_size, page_token=args.page_token, **filters)
     if args.json:
         views.print_json(console, page)
         return 0
@@ -210,19 +210,21 @@ def _list_orders(args: argparse.Namespace, client: OrdersClient, console: Consol
 
 def _summary(args: argparse.Namespace, client: OrdersClient, console: Console) -> int:
     summary = client.get_summary(args.limit)
+    return _show(args, console, summary, views.summary_table(summary.customers))
+
+
+def _show(
+    args: argparse.Namespace, console: Console, message: Message, table: RenderableType
+) -> int:
     if args.json:
-        views.print_json(console, summary)
+        views.print_json(console, message)
     else:
-        console.print(views.summary_table(summary.customers))
+        console.print(table)
     return 0
 
 
 def _show_order(args: argparse.Namespace, console: Console, order: pb.Order) -> int:
-    if args.json:
-        views.print_json(console, order)
-    else:
-        console.print(views.order_view(order))
-    return 0
+    return _show(args, console, order, views.order_view(order))
 
 
 def _get_order(args: argparse.Namespace, client: OrdersClient, console: Console) -> int:
@@ -242,11 +244,7 @@ def _transition(call: Callable[[OrdersClient, int], pb.Order]) -> Command:
 
 
 def _show_customer(args: argparse.Namespace, console: Console, customer: pb.Customer) -> int:
-    if args.json:
-        views.print_json(console, customer)
-    else:
-        console.print(views.customer_table(customer))
-    return 0
+    return _show(args, console, customer, views.customer_table(customer))
 
 
 def _list_customers(args: argparse.Namespace, client: OrdersClient, console: Console) -> int:

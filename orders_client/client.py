@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
 import grpc
 from orders.v1 import orders_pb2 as pb
@@ -15,10 +15,20 @@ from orders.v1 import orders_pb2_grpc as pb_grpc
 from .channel import DEFAULT_RETRY, RetryPolicy, open_channel, resolve_target
 from .errors import OrdersError
 
-__all__ = ["Deadlines", "OrdersClient", "SeedStream", "StatusArg", "parse_status"]
+__all__ = ["Deadlines", "OrderFilters", "OrdersClient", "SeedStream", "StatusArg", "parse_status"]
 
 # An Order.Status value, its name in any case, or None for any status.
 StatusArg: TypeAlias = pb.Order.Status.ValueType | str | None
+
+
+class OrderFilters(TypedDict, total=False):
+    """The filters of ListOrders; each left out matches every order."""
+
+    status: StatusArg  # one status; None or STATUS_UNSPECIFIED for any
+    email: str  # case-insensitive substring of the customer's email
+    customer_id: int  # 0 for any
+    include_archived: bool  # archived orders are left out unless True
+
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -170,63 +180,35 @@ class OrdersClient:
     def list_orders(
         self,
         *,
-        status: StatusArg = None,
-        email: str = "",
-        customer_id: int = 0,
-        include_archived: bool = False,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
+        **filters: Unpack[OrderFilters],
     ) -> pb.ListOrdersResponse:
         """One page, newest first. A page_token only goes with the filters it came from."""
         request = pb.ListOrdersRequest(
-            status=parse_status(status),
-            email=email,
-            customer_id=customer_id,
-            include_archived=include_archived,
+            status=parse_status(filters.get("status")),
+            email=filters.get("email", ""),
+            customer_id=filters.get("customer_id", 0),
+            include_archived=filters.get("include_archived", False),
             page_size=page_size,
             page_token=page_token,
         )
         return self._call(self._stub.ListOrders, request, timeout)
 
     def iter_order_pages(
-        self,
-        *,
-        status: StatusArg = None,
-        email: str = "",
-        customer_id: int = 0,
-        include_archived: bool = False,
-        page_size: int = 0,
+        self, *, page_size: int = 0, **filters: Unpack[OrderFilters]
     ) -> Iterator[pb.ListOrdersResponse]:
         """Every page of ListOrders with these filters, fetched as the caller reaches it."""
         return _pages(
-            lambda token: self.list_orders(
-                status=status,
-                email=email,
-                customer_id=customer_id,
-                include_archived=include_archived,
-                page_size=page_size,
-                page_token=token,
-            )
+            lambda token: self.list_orders(page_size=page_size, page_token=token, **filters)
         )
 
     def iter_orders(
-        self,
-        *,
-        status: StatusArg = None,
-        email: str = "",
-        customer_id: int = 0,
-        include_archived: bool = False,
-        page_size: int = 0,
+        self, *, page_size: int = 0, **filters: Unpack[OrderFilters]
     ) -> Iterator[pb.Order]:
         """Every order matching the filters, newest first, across every page."""
-        for page in self.iter_order_pages(
-            status=status,
-            email=email,
-            customer_id=customer_id,
-            include_archived=include_archived,
-            page_size=page_size,
-        ):
+        for page in self.iter_order_pages(page_size=page_size, **filters):
             yield from page.orders
 
     def pay_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:

@@ -271,6 +271,16 @@ def run_in_terminal(
     return code, b"".join(chunks).decode("utf-8", "replace")
 
 
+def seed_command(request: pb.SeedRequest) -> list[str]:
+    return [
+        str(ORDERS),
+        "seed",
+        f"--customers={request.customers}",
+        f"--orders-per-customer={request.orders_per_customer}",
+        f"--items-per-order={request.items_per_order}",
+    ]
+
+
 @ONE_BACKEND
 def test_seed_shows_a_live_progress_bar_then_a_summary(
     shared_server: OrdersServer, backend: str
@@ -278,16 +288,7 @@ def test_seed_shows_a_live_progress_bar_then_a_summary(
     # Long enough for several progress messages (the server sends one every half second).
     request = long_seed(shared_server, backend, seconds=2.5)
     code, screen = run_in_terminal(
-        [
-            str(ORDERS),
-            "seed",
-            "--customers",
-            str(request.customers),
-            "--orders-per-customer",
-            str(request.orders_per_customer),
-            "--items-per-order",
-            str(request.items_per_order),
-        ],
+        seed_command(request),
         cli_env(shared_server.address, TERM="xterm-256color"),
     )
     assert code == 0, screen
@@ -319,16 +320,7 @@ def test_ctrl_c_cancels_the_seed_and_nothing_of_it_is_kept(
     request = long_seed(shared_server, backend, seconds=4.0)
     before = table_counts(shared_server.database_url)
     code, screen = run_in_terminal(
-        [
-            str(ORDERS),
-            "seed",
-            "--customers",
-            str(request.customers),
-            "--orders-per-customer",
-            str(request.orders_per_customer),
-            "--items-per-order",
-            str(request.items_per_order),
-        ],
+        seed_command(request),
         cli_env(shared_server.address, TERM="xterm-256color"),
         interrupt_after="rows/s",
     )
