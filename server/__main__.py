@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .config import load_settings
+from .observability import configure_logging
 from .storage import consistency
 from .storage.database import Database
 from .storage.migrate import migrate
@@ -24,11 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         database = Database(settings.database_url)
         migrate(database.engine)

@@ -29,6 +29,9 @@ class Settings:
     seed_max_rows: int
     max_concurrent_seeds: int
     log_level: str
+    log_format: str
+    metrics_host: str
+    metrics_port: int
 
     @property
     def socket_path(self) -> Path:
@@ -95,4 +98,7 @@ def load_settings() -> Settings:
         seed_max_rows=_int("ORDERS_SEED_MAX_ROWS", 5_000_000),
         max_concurrent_seeds=max(1, _int("ORDERS_MAX_CONCURRENT_SEEDS", 2)),
         log_level=os.environ.get("ORDERS_LOG_LEVEL", "INFO").upper(),
+        log_format=os.environ.get("ORDERS_LOG_FORMAT", "json").strip().lower(),
+        metrics_host=os.environ.get("ORDERS_METRICS_HOST", "127.0.0.1"),
+        metrics_port=_int("ORDERS_METRICS_PORT", 9464),
     )

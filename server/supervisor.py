@@ -13,10 +13,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -64,6 +66,22 @@ def supervise(settings: Settings) -> int:
             "cannot listen on %s:%d: the port is in use", settings.grpc_host, settings.grpc_port
         )
         return 1
+    # Every worker writes its metrics here; the supervisor serves their sum.
+    metrics_dir = tempfile.mkdtemp(prefix="orders-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _supervise(settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings) -> int:
+    # Imported only now: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it loads.
+    from prometheus_client import multiprocess
+
+    from .observability import serve_metrics
+
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -93,6 +111,7 @@ def supervise(settings: Settings) -> int:
                 stopping.set()
                 code = 1
                 break
+            multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
             log.warning("worker %d exited with code %s; restarting it", index, worker.returncode)
             workers[index] = _start_worker(index)
     for worker in workers.values():

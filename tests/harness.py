@@ -261,6 +261,7 @@ class OrdersServer:
             # One process per test server (the default is one per core); tests of the
             # multi-process mode ask for more.
             ORDERS_GRPC_PROCESSES="1",
+            ORDERS_METRICS_PORT="0",  # test servers side by side; tests of metrics set one
             PYTHONUNBUFFERED="1",
         )
         env.update(self._extra_env)

@@ -4,6 +4,7 @@ Envoy balances over all of them, a dead worker comes back, and a stop leaves not
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import signal
@@ -49,6 +50,10 @@ def _workers(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def _json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 class Group:
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
@@ -59,6 +64,7 @@ class Group:
             "ORDERS_GRPC_PORT": str(self.port),
             "ORDERS_GRPC_PROCESSES": str(PROCESSES),
             "ORDERS_SOCKET_DIR": str(tmp_path / "s"),
+            "ORDERS_METRICS_PORT": str(free_port()),
         }
         self.sockets = worker_sockets(tmp_path / "s", self.port, PROCESSES)
         subprocess.run(
@@ -131,12 +137,21 @@ def test_envoy_balances_rest_calls_over_every_process(group: Group, tmp_path: Pa
             with opener.open(f"{config.rest_url}/api/orders/summary/", timeout=10) as reply:
                 assert reply.status == 200
     served = collections.Counter(
-        re.findall(
-            r" (\d+) orders\.calls call method=/orders\.v1\.OrdersService/GetSummary", group.text()
-        )
+        line["pid"]
+        for line in _json_lines(group.text())
+        if line.get("method") == "/orders.v1.OrdersService/GetSummary"
     )
     assert len(served) == PROCESSES, served
     assert min(served.values()) >= 5, served  # round robin, not one process doing the work
+    # The supervisor's metrics are the sum over its processes.
+    metrics_url = f"http://127.0.0.1:{group.env['ORDERS_METRICS_PORT']}/metrics"
+    with opener.open(metrics_url, timeout=10) as reply:
+        page = reply.read().decode()
+    counted = re.search(
+        r'orders_grpc_calls_total\{code="OK",method="/orders.v1.OrdersService/GetSummary"\} (\S+)',
+        page,
+    )
+    assert counted is not None and float(counted.group(1)) == 20, page[-2000:]
 
 
 def test_a_killed_worker_is_replaced(group: Group) -> None:

@@ -12,10 +12,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from orders.v1 import orders_pb2, orders_pb2_grpc
+from sqlalchemy import event
 
 from ..config import Settings
 from ..domain.access import AccessPolicy, Right, parse_api_tokens
 from ..domain.book import OrderBook
+from ..observability import DB_CONNECTIONS_IN_USE, serve_metrics
 from ..storage.database import Database
 from .interceptor import CallInterceptor
 from .servicer import OrdersServicer
@@ -53,6 +55,8 @@ class OrdersServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database(settings.database_url, pool_size=settings.grpc_workers)
+        event.listen(self.database.engine, "checkout", lambda *_: DB_CONNECTIONS_IN_USE.inc())
+        event.listen(self.database.engine, "checkin", lambda *_: DB_CONNECTIONS_IN_USE.dec())
         self.book = book = OrderBook(
             self.database,
             seed_max_rows=settings.seed_max_rows,
@@ -84,6 +88,8 @@ class OrdersServer:
             raise SystemExit(f"cannot listen on unix:{self.socket_path}")
 
     def start(self) -> None:
+        if self.settings.worker_index < 0:  # a supervisor serves its workers' metrics
+            serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -15,6 +15,7 @@ from typing import Any, cast
 import grpc
 
 from ..domain.access import AccessPolicy, Right
+from ..observability import CALL_SECONDS, CALLS
 from ..storage.database import StatementCount, deadline, statements_counted
 from .status import to_grpc_status, to_status_proto
 
@@ -66,13 +67,23 @@ class _Call:
     def finish(self, count: StatementCount) -> None:
         if not _code_set(self.context) and not self.context.is_active():
             self.code = grpc.StatusCode.CANCELLED
+        seconds = time.perf_counter() - self.started
+        CALLS.labels(self.method, self.code.name).inc()
+        CALL_SECONDS.labels(self.method).observe(seconds)
+        fields = {
+            "method": self.method,
+            "code": self.code.name,
+            "duration_ms": round(seconds * 1000, 2),
+            "statements": count.value,
+            "request_id": request_id.get(),
+        }
         log.info(
             "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
-            self.method,
-            self.code.name,
-            (time.perf_counter() - self.started) * 1000,
+            *(fields[k] or "-" for k in ("method", "code")),
+            fields["duration_ms"],
             count.value,
-            request_id.get() or "-",
+            fields["request_id"] or "-",
+            extra=fields,
         )
 
 

@@ -10,7 +10,9 @@ from orders.v1 import orders_pb2_grpc
 
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
+from ..domain.seeding import Phase, Progress
 from ..domain.validation import Violations
+from ..observability import SEED_ROWS, SEED_ROWS_PER_SECOND
 from . import convert
 from .interceptor import request_id
 
@@ -18,6 +20,14 @@ __all__ = ["OrdersServicer"]
 
 # Envoy's Lua filter turns this header into the HTTP status of a successful create.
 _CREATED = (("x-http-code", "201"),)
+
+
+def _count_seed(progress: Progress) -> None:
+    SEED_ROWS.labels("customers").inc(progress.customers_done)
+    SEED_ROWS.labels("orders").inc(progress.orders_done)
+    SEED_ROWS.labels("order_items").inc(progress.items_done)
+    rows = progress.customers_done + progress.orders_done + progress.items_done
+    SEED_ROWS_PER_SECOND.set(rows / max(progress.elapsed_seconds, 1e-6))
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
@@ -99,6 +109,8 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             for progress in run.reports():
                 if not context.is_active():
                     return
+                if progress.phase == Phase.DONE:
+                    _count_seed(progress)
                 yield convert.seed_message(progress, request_id.get())
                 if progress.error is not None:
                     raise progress.error
