@@ -19,16 +19,19 @@ if [ ! -f "$stamp" ]; then
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
-# buf comes from npm (package.json, pinned by package-lock.json).
-npm_stamp="$ROOT/node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
-if [ ! -f "$npm_stamp" ]; then
-    echo "setup: installing npm tools into node_modules" >&2
-    if ! npm ci --no-audit --no-fund >"$VENV/npm.log" 2>&1; then
-        tail -n 40 "$VENV/npm.log" >&2
-        echo "setup: npm ci failed; the whole log is in $VENV/npm.log" >&2
-        exit 1
-    fi
-    touch "$npm_stamp"
-fi
 export PATH="$VENV/bin:$ROOT/node_modules/.bin:$PATH"
+
+# buf comes from npm (package.json, pinned by package-lock.json); only scripts/buf needs it.
+setup_npm_tools() {
+    local npm_stamp="$ROOT/node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+    if [ ! -f "$npm_stamp" ]; then
+        echo "setup: installing npm tools into node_modules" >&2
+        if ! npm ci --no-audit --no-fund >"$VENV/npm.log" 2>&1; then
+            tail -n 40 "$VENV/npm.log" >&2
+            echo "setup: npm ci failed; the whole log is in $VENV/npm.log" >&2
+            exit 1
+        fi
+        touch "$npm_stamp"
+    fi
+}
 export VIRTUAL_ENV="$VENV"
