@@ -16,7 +16,13 @@ from .lifecycle import Action, next_status, rollup_share
 from .paging import decode_token, encode_token, page_size
 from .records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
 from .seeding import SeedRun, plan_seed
-from .validation import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, Violations, order_total
+from .validation import (
+    MAX_EMAIL_LENGTH,
+    MAX_NAME_LENGTH,
+    Violations,
+    order_total,
+    require_positive_id,
+)
 
 __all__ = ["DEFAULT_SUMMARY_LIMIT", "MAX_SUMMARY_LIMIT", "OrderBook"]
 
@@ -70,9 +76,7 @@ class OrderBook:
             ) from None
 
     def get_customer(self, customer_id: int) -> Customer:
-        violations = Violations()
-        violations.positive_id("id", customer_id)
-        violations.raise_if_any()
+        require_positive_id("id", customer_id)
         with self._db.session() as session:
             customer = repo.get_customer(session, customer_id)
         if customer is None:
@@ -102,9 +106,7 @@ class OrderBook:
             return repo.insert_order(session, customer, items, order_total(items), self._clock())
 
     def get_order(self, order_id: int) -> Order:
-        violations = Violations()
-        violations.positive_id("id", order_id)
-        violations.raise_if_any()
+        require_positive_id("id", order_id)
         with self._db.session() as session:
             order = repo.get_order(session, order_id)
         if order is None:
@@ -137,9 +139,7 @@ class OrderBook:
     def change_status(self, order_id: int, action: Action) -> Order:
         """Pay, ship or cancel. A repeat of the transition already made returns the order
         unchanged. The customer is never touched beyond its summary row."""
-        violations = Violations()
-        violations.positive_id("id", order_id)
-        violations.raise_if_any()
+        require_positive_id("id", order_id)
         with self._db.write() as session:
             state = repo.lock_order(session, order_id)
             if state is None:
@@ -153,9 +153,7 @@ class OrderBook:
         return order
 
     def archive_order(self, order_id: int) -> Order:
-        violations = Violations()
-        violations.positive_id("id", order_id)
-        violations.raise_if_any()
+        require_positive_id("id", order_id)
         with self._db.write() as session:
             state = repo.lock_order(session, order_id)
             if state is None:

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_UNIT_PRICE_CENTS",
     "Violations",
     "order_total",
+    "require_positive_id",
 ]
 
 MAX_EMAIL_LENGTH = 254
@@ -100,6 +101,13 @@ class Violations:
                 )
         if len(self._found) == before and order_total(items) > MAX_ORDER_TOTAL_CENTS:
             self.add(field, f"make a total above the maximum of {MAX_ORDER_TOTAL_CENTS} cents")
+
+
+def require_positive_id(field: str, value: int) -> None:
+    """For a request whose only input is one id."""
+    violations = Violations()
+    violations.positive_id(field, value)
+    violations.raise_if_any()
 
 
 def order_total(items: Sequence[NewItem]) -> int:

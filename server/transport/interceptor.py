@@ -10,6 +10,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, cast
 
 import grpc
@@ -92,26 +93,37 @@ def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
     return _code_set(context) and type(error) is Exception
 
 
+@contextmanager
+def _call_scope(
+    method: str, context: grpc.ServicerContext
+) -> Iterator[tuple[_Call, StatementCount]]:
+    """What every call runs inside: its request id, its statement count, its deadline, and
+    the log line and metrics at its end."""
+    token = request_id.set(metadata_value(context, "x-request-id"))
+    call = _Call(method, context)
+    with statements_counted() as count:
+        try:
+            with deadline(context.time_remaining()):
+                yield call, count
+        finally:
+            call.finish(count)
+            request_id.reset(token)
+
+
 def _wrap_unary(
     behavior: Callable[..., Any], method: str, guard: Callable[[grpc.ServicerContext], None]
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        token = request_id.set(metadata_value(context, "x-request-id"))
-        call = _Call(method, context)
-        try:
-            with statements_counted() as count, deadline(context.time_remaining()):
-                try:
-                    guard(context)
-                    response = behavior(request, context)
-                except Exception as error:
-                    if _is_abort(error, context):
-                        raise
-                    call.fail(error, count)
-                context.set_trailing_metadata(call.trailer(count))
-                return response
-        finally:
-            call.finish(count)
-            request_id.reset(token)
+        with _call_scope(method, context) as (call, count):
+            try:
+                guard(context)
+                response = behavior(request, context)
+            except Exception as error:
+                if _is_abort(error, context):
+                    raise
+                call.fail(error, count)
+            context.set_trailing_metadata(call.trailer(count))
+            return response
 
     return handle
 
@@ -122,21 +134,15 @@ def _wrap_stream(
     guard: Callable[[grpc.ServicerContext], None],
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        token = request_id.set(metadata_value(context, "x-request-id"))
-        call = _Call(method, context)
-        try:
-            with statements_counted() as count, deadline(context.time_remaining()):
-                try:
-                    guard(context)
-                    yield from behavior(request, context)
-                except Exception as error:
-                    if _is_abort(error, context):
-                        raise
-                    call.fail(error, count)
-                context.set_trailing_metadata(call.trailer(count))
-        finally:
-            call.finish(count)
-            request_id.reset(token)
+        with _call_scope(method, context) as (call, count):
+            try:
+                guard(context)
+                yield from behavior(request, context)
+            except Exception as error:
+                if _is_abort(error, context):
+                    raise
+                call.fail(error, count)
+            context.set_trailing_metadata(call.trailer(count))
 
     return handle
 
