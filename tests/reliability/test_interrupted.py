@@ -1,0 +1,224 @@
+"""Work interrupted half-way (issue 5, point 7), on SQLite and PostgreSQL.
+
+- A REST client that drops its connection in the middle of a seed's stream, through Envoy:
+  none of the seed's rows remain, and the server takes the next seed.
+- The server SIGKILLed in the middle of a seed (every process of it, supervisor and workers):
+  none of its rows remain, and a server started again on the same database serves it,
+  consistent.
+- SIGTERM under a steady load of calls: every call already in flight completes successfully,
+  later ones are refused cleanly (UNAVAILABLE, never a hang), and the server exits 0.
+
+The gRPC client cancelling a seed, and a gRPC client process that dies, are in
+tests/test_seed.py; a seed in flight at SIGTERM finishing, or cut at the end of the grace
+period, in tests/test_operations.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import figures
+import grpc
+import pytest
+from gateway_stack import Gateway
+from harness import (
+    OrdersServer,
+    ServerFactory,
+    long_seed,
+    new_customer,
+    run_seed,
+    seed_request,
+    table_counts,
+    wait_until_no_writer,
+)
+from invariants import assert_invariants
+from load import Load, grpc_outcome
+from orders.v1 import orders_pb2 as pb
+from processes import kill_tree
+
+
+def _writing(line: dict) -> bool:
+    written = int(line["customers_done"]) + int(line["orders_done"]) + int(line["items_done"])
+    return not line["done"] and (written > 0 or line["phase"] != "PHASE_STARTED")
+
+
+def test_rest_client_dropping_the_seed_stream_leaves_none_of_its_rows(
+    server_factory: ServerFactory,
+    start_gateway: Callable[[OrdersServer], Gateway],
+    backend: str,
+) -> None:
+    server = server_factory.start("rest-drop")
+    gateway = start_gateway(server)
+    request = long_seed(server, backend, seconds=6.0)
+    before = table_counts(server.database_url)
+    body = json.dumps(
+        {
+            "customers": request.customers,
+            "orders_per_customer": request.orders_per_customer,
+            "items_per_order": request.items_per_order,
+        }
+    )
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=60)
+    connection.request(
+        "POST", "/api/dev/seed/", body=body, headers={"content-type": "application/json"}
+    )
+    response = connection.getresponse()
+    assert response.status == 200, response.read()[:500]
+    started = time.monotonic()
+    lines = []
+    while True:
+        raw = response.readline()
+        assert raw, f"the stream ended before the seed was writing: {lines}"
+        if not raw.strip():
+            continue
+        lines.append(json.loads(raw))
+        if _writing(lines[-1]) or time.monotonic() - started > 1.5:
+            break
+    assert not lines[-1]["done"], f"the seed finished before the client dropped: {lines[-1]}"
+    # Drop the connection with a reset, as a killed client or a broken network would. (The
+    # response holds the socket's file: both must be closed for the descriptor to go.)
+    sock = connection.sock
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    response.close()
+    connection.close()
+    assert sock.fileno() == -1
+    dropped = time.monotonic()
+
+    wait_until_no_writer(server.database_url, timeout=30)
+    rolled_back = time.monotonic() - dropped
+    assert table_counts(server.database_url) == before, "the dropped seed left rows behind"
+    time.sleep(0.5)
+    assert table_counts(server.database_url) == before, "rows appeared after the drop"
+    figures.record(
+        f"seed-dropped-over-rest ({backend})",
+        seed_rows=request.customers * (1 + request.orders_per_customer * 6),
+        lines_read=len(lines),
+        rolled_back_within_s=round(rolled_back, 2),
+    )
+    # Not wedged: the next seed, over REST, lands whole.
+    stream = gateway.rest.stream(
+        "/api/dev/seed/", {"customers": 3, "orders_per_customer": 2, "items_per_order": 1}
+    )
+    assert stream.last["phase"] == "PHASE_DONE", stream.last
+    assert table_counts(server.database_url)["customers"] == before["customers"] + 3
+    assert_invariants(server)
+
+
+def test_server_killed_mid_seed_leaves_none_of_its_rows(
+    start_server: Callable[..., OrdersServer], backend: str, log_dir: Path
+) -> None:
+    server = start_server()
+    kept = new_customer(server.stub)
+    request = long_seed(server, backend, seconds=6.0)
+    before = table_counts(server.database_url)
+    killed: list[float] = []
+
+    def kill_once_writing(run, call) -> None:  # type: ignore[no-untyped-def]
+        last = run.messages[-1]
+        writing = last.customers_done + last.orders_done + last.items_done > 0
+        if not killed and not last.done and (writing or time.monotonic() - run.started > 1.5):
+            assert server.process is not None
+            killed.extend(kill_tree(server.process.pid))
+
+    run = run_seed(server.stub, request, on_message=kill_once_writing, timeout=60)
+    assert killed, "the server was never killed"
+    assert run.error is not None and run.error.code() == grpc.StatusCode.UNAVAILABLE, run.error
+    assert not any(m.done for m in run.messages), "the seed finished before the kill"
+    assert server.wait(timeout=10) == -signal.SIGKILL
+
+    # PostgreSQL rolls the dead connection's transaction back; SQLite's next opener does.
+    wait_until_no_writer(server.database_url, timeout=30)
+    assert table_counts(server.database_url) == before, "a killed seed left rows behind"
+    again = OrdersServer(server.database_url, {}, log_dir / f"{server.name}-again.log", "again")
+    again.start()
+    try:
+        assert again.stub.GetCustomer(pb.GetCustomerRequest(id=kept.id)).email == kept.email
+        run_seed(again.stub, seed_request(2, 1, 1)).expect_done()
+        assert table_counts(again.database_url)["customers"] == before["customers"] + 2
+        assert_invariants(again, customers_seen=[kept.id])
+    finally:
+        again.stop()
+    figures.record(
+        f"seed-server-sigkill ({backend})",
+        seed_rows=run.rows(),
+        messages_before_kill=len(run.messages),
+    )
+
+
+def test_sigterm_under_load_completes_the_calls_in_flight(
+    start_server: Callable[..., OrdersServer], backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=False,
+                reason="server bug reported to the lead: on SQLite, database.py's _bounded clears"
+                " the progress handler after session.commit() has returned the connection to"
+                " the pool, where it may be closed (at shutdown, or an overflow connection):"
+                " sqlite3.ProgrammingError -> INTERNAL for a call in flight. Remove this marker"
+                " with the fix.",
+            )
+        )
+    server = start_server(ORDERS_SHUTDOWN_GRACE="20")
+    # Pages of 500 orders with 10,000 items: calls long enough to be in flight at the signal.
+    run_seed(server.stub, seed_request(100, 5, 20)).expect_done()
+    customer = new_customer(server.stub)
+    stubs = [server.new_stub() for _ in range(6)]
+
+    def reader(stub):  # type: ignore[no-untyped-def]
+        return lambda _n: grpc_outcome(
+            lambda: len(stub.ListOrders(pb.ListOrdersRequest(page_size=500), timeout=30).orders)
+        )
+
+    def writer(stub):  # type: ignore[no-untyped-def]
+        request = pb.CreateOrderRequest(
+            customer_id=customer.id, items=[pb.OrderItem(sku="T", quantity=1, unit_price_cents=5)]
+        )
+        return lambda _n: grpc_outcome(lambda: stub.CreateOrder(request, timeout=30).id)
+
+    workers = {f"reader-{i}": reader(s) for i, s in enumerate(stubs[:4])}
+    workers |= {f"writer-{i}": writer(s) for i, s in enumerate(stubs[4:])}
+    load = Load(workers, max_seconds=60).start()
+    load.wait_for_calls(12, timeout=30)
+    signalled = time.monotonic()
+    server.signal(signal.SIGTERM)
+    code = server.wait(timeout=30)
+    stopped = time.monotonic()
+    time.sleep(0.5)  # calls after the exit: refused
+    calls = load.stop()
+
+    in_flight = [c for c in calls if c.started < signalled - 0.05 and c.ended > signalled]
+    before_signal = [c for c in calls if c.started < signalled - 0.05]
+    failed_before = [c for c in before_signal if not c.ok]
+    after = [c for c in calls if c.started > stopped]
+    figures.record(
+        f"sigterm-under-load ({backend})",
+        calls=len(calls),
+        in_flight_at_signal=len(in_flight),
+        failed_in_flight=len(failed_before),
+        exit_s=round(stopped - signalled, 2),
+    )
+    assert code == 0, f"exit code {code} after SIGTERM\n{server.log_text()}"
+    assert in_flight, "no call was in flight at the signal: nothing was tested"
+    assert not failed_before, f"calls in flight at SIGTERM failed: {failed_before[:5]}"
+    assert after and all(c.outcome == "UNAVAILABLE" for c in after), {c.outcome for c in after}
+    assert all(c.seconds < 5 for c in after), "a call to a stopped server must fail at once"
+    unexpected = [c for c in calls if c.outcome not in ("OK", "UNAVAILABLE")]
+    assert not unexpected, unexpected[:5]
+    created = {c.value for c in calls if c.ok and c.worker.startswith("writer")}
+    again = OrdersServer(server.database_url, {}, server.log_path, f"{server.name}-again")
+    again.start()
+    try:
+        for order_id in sorted(created)[-50:]:
+            assert again.stub.GetOrder(pb.GetOrderRequest(id=order_id)).total_cents == 5
+        assert_invariants(again, customers_seen=[customer.id])
+    finally:
+        again.stop()
