@@ -6,7 +6,8 @@
   none of its rows remain, and a server started again on the same database serves it,
   consistent.
 - SIGTERM under a steady load of calls: every call already in flight completes successfully,
-  later ones are refused cleanly (UNAVAILABLE, never a hang), and the server exits 0.
+  later ones are refused cleanly (UNAVAILABLE, or CANCELLED for one racing the shutdown; never
+  a hang, never INTERNAL), and the server exits 0.
 
 The gRPC client cancelling a seed, and a gRPC client process that dies, are in
 tests/test_seed.py; a seed in flight at SIGTERM finishing, or cut at the end of the grace
@@ -199,11 +200,16 @@ def test_sigterm_under_load_completes_the_calls_in_flight(
     before_signal = [c for c in calls if c.started < signalled - 0.05]
     failed_before = [c for c in before_signal if not c.ok]
     after = [c for c in calls if c.started > stopped]
+    # Calls that arrive while the server drains are refused: UNAVAILABLE, or CANCELLED when
+    # grpcio cancels one that raced its shutdown (reported: a client does not retry CANCELLED).
+    racing = [c for c in calls if signalled - 0.05 <= c.started <= stopped and not c.ok]
     figures.record(
         f"sigterm-under-load ({backend})",
         calls=len(calls),
         in_flight_at_signal=len(in_flight),
         failed_in_flight=len(failed_before),
+        refused_while_draining=len(racing),
+        cancelled_while_draining=sum(c.outcome == "CANCELLED" for c in racing),
         exit_s=round(stopped - signalled, 2),
     )
     assert code == 0, f"exit code {code} after SIGTERM\n{server.log_text()}"
@@ -211,7 +217,11 @@ def test_sigterm_under_load_completes_the_calls_in_flight(
     assert not failed_before, f"calls in flight at SIGTERM failed: {failed_before[:5]}"
     assert after and all(c.outcome == "UNAVAILABLE" for c in after), {c.outcome for c in after}
     assert all(c.seconds < 5 for c in after), "a call to a stopped server must fail at once"
-    unexpected = [c for c in calls if c.outcome not in ("OK", "UNAVAILABLE")]
+    unexpected = [
+        c
+        for c in calls
+        if c.outcome not in ("OK", "UNAVAILABLE") and not (c in racing and c.outcome == "CANCELLED")
+    ]
     assert not unexpected, unexpected[:5]
     created = {c.value for c in calls if c.ok and c.worker.startswith("writer")}
     again = OrdersServer(server.database_url, {}, server.log_path, f"{server.name}-again")

@@ -2,9 +2,10 @@
 never stale, and true: schemathesis fuzzes every route through Envoy into a server on
 PostgreSQL, and no answer is a 5xx or strays from the document (issue 5, point 4).
 
-The bounded run here lasts ORDERS_FUZZ_REST_SECONDS (15 s; 300 s with
-ORDERS_RELIABILITY_LONG=1, as scripts/reliability runs it); the number of cases it tried is a
-figure of the run (docs/reliability.md).
+The bounded run tries up to 25 generated cases per operation besides schemathesis' coverage and
+stateful phases (a fixed seed: the same cases every run); with ORDERS_RELIABILITY_LONG=1
+(scripts/reliability) or ORDERS_FUZZ_REST_SECONDS it fuzzes for that long instead (300 s). The
+number of cases tried is a figure of the run (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def test_openapi_document_has_one_operation_per_rpc_at_its_route() -> None:
     assert order["status"]["allOf"][0]["$ref"].endswith("Order.Status")
 
 
-def _run_schemathesis(target: str, seconds: int, report: Path, seed: int | None) -> dict:
+def _run_schemathesis(
+    target: str, report: Path, seed: int | None, seconds: int | None, examples: int | None
+) -> dict:
     env = dict(os.environ)
     env["SCHEMATHESIS_HOOKS"] = "schemathesis_hooks"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -81,8 +84,6 @@ def _run_schemathesis(target: str, seconds: int, report: Path, seed: int | None)
         target,
         "--checks",
         ",".join(CHECKS),
-        "--max-time",
-        str(seconds),
         "--request-timeout",
         "30",
         "--report",
@@ -93,13 +94,17 @@ def _run_schemathesis(target: str, seconds: int, report: Path, seed: int | None)
     ]
     if seed is not None:
         command += ["--seed", str(seed)]
+    if seconds is not None:  # fuzzing and stateful testing repeat until the time is spent
+        command += ["--max-time", str(seconds)]
+    if examples is not None:
+        command += ["--max-examples", str(examples)]
     done = subprocess.run(
         command,
         cwd=report.parent,
         env=env,
         capture_output=True,
         text=True,
-        timeout=seconds + 120,
+        timeout=(seconds or 0) + 240,
     )
     assert report.exists(), f"schemathesis wrote no report (exit {done.returncode})\n{done.stdout}"
     result = json.loads(report.read_text(encoding="utf-8"))
@@ -118,9 +123,18 @@ def test_schemathesis_through_envoy_on_postgresql(
     # Rows for the generated ids to find: customers 1-30, orders 1-90, in every status.
     run_seed(server.stub, seed_request(30, 3, 2)).expect_done()
     gateway = start_gateway(server)
-    seconds = int(os.environ.get("ORDERS_FUZZ_REST_SECONDS", figures.scaled(15, 300)))
+    # Bounded by size (so a loaded machine runs the same cases, only slower), or in the long
+    # run by time.
+    seconds = os.environ.get("ORDERS_FUZZ_REST_SECONDS") or figures.scaled(None, 300)
+    examples = None if seconds else 25
     seed = None if figures.LONG else 20261126
-    result = _run_schemathesis(gateway.config.rest_url, seconds, tmp_path / "st.json", seed)
+    result = _run_schemathesis(
+        gateway.config.rest_url,
+        tmp_path / "st.json",
+        seed,
+        int(seconds) if seconds else None,
+        examples,
+    )
 
     cases = result["test_cases"]
     figures.record(
@@ -135,6 +149,6 @@ def test_schemathesis_through_envoy_on_postgresql(
         f"schemathesis found failures: {json.dumps(result['failures'], indent=1)}\n"
         f"errors: {result['errors']}\n{result['_output']}"
     )
-    assert cases["generated"] >= 200, f"too few cases were tried: {cases}"
+    assert cases["generated"] >= 150, f"too few cases were tried: {cases}"
     assert server.process is not None and server.process.poll() is None, "the server died"
     assert_invariants(server)

@@ -27,6 +27,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -121,14 +122,14 @@ def _socket_of(server: OrdersServer) -> str:
     return str(worker_sockets(socket_dir(env), server.port, 1)[0])
 
 
-@pytest.fixture
-def replicas(postgres_servers: ServerFactory, reliability_logs: Path) -> Iterator[Replicas]:
-    first = postgres_servers.start("replica-a", {"ORDERS_GRPC_PROCESSES": "1"})
+@contextmanager
+def _replica_set(
+    factory: ServerFactory, logs: Path, envoy_class: type[Envoy], name: str
+) -> Iterator[Replicas]:
+    """Two one-process servers over one database, one Envoy over their sockets."""
+    first = factory.start(f"{name}-a", {"ORDERS_GRPC_PROCESSES": "1"})
     second = OrdersServer(
-        first.database_url,
-        {"ORDERS_GRPC_PROCESSES": "1"},
-        reliability_logs / "replica-b.log",
-        "replica-b",
+        first.database_url, {"ORDERS_GRPC_PROCESSES": "1"}, logs / f"{name}-b.log", f"{name}-b"
     )
     second.start()
     envoy: Envoy | None = None
@@ -139,7 +140,7 @@ def replicas(postgres_servers: ServerFactory, reliability_logs: Path) -> Iterato
                 admin_port=free_port(),
                 upstream_sockets=(_socket_of(first), _socket_of(second)),
             )
-            envoy = TunedEnvoy(config, log_path=reliability_logs / "envoy-replicas.log")
+            envoy = envoy_class(config, log_path=logs / f"envoy-{name}.log")
             envoy.start()
             try:
                 envoy.wait_ready(timeout=20)
@@ -154,6 +155,18 @@ def replicas(postgres_servers: ServerFactory, reliability_logs: Path) -> Iterato
             envoy.stop()
         second.stop()
         first.stop()
+
+
+@pytest.fixture
+def replicas(postgres_servers: ServerFactory, reliability_logs: Path) -> Iterator[Replicas]:
+    with _replica_set(postgres_servers, reliability_logs, TunedEnvoy, "replica") as replicas:
+        yield replicas
+
+
+@pytest.fixture
+def untuned_replicas(postgres_servers: ServerFactory, reliability_logs: Path) -> Iterator[Replicas]:
+    with _replica_set(postgres_servers, reliability_logs, Envoy, "untuned") as replicas:
+        yield replicas
 
 
 def _rest_load(replicas: Replicas, customer_id: int, order_ids: list[int]) -> Load:
@@ -265,3 +278,30 @@ def test_a_replica_lost_under_rest_load_fails_no_request_and_rejoins(replicas: R
     for order_id in paid[-20:]:
         assert first.stub.GetOrder(pb.GetOrderRequest(id=order_id)).status == pb.Order.PAID
     assert_invariants(first, customers_seen=[customer.id])
+
+
+@pytest.mark.skipif(not figures.LONG, reason="a figure for docs/reliability.md only")
+def test_untuned_gateway_figures(untuned_replicas: Replicas) -> None:
+    """envoy.yaml as rendered today, without `tune`: what a lost replica costs (recorded, not
+    asserted: the tuned test above is the requirement)."""
+    first, second = untuned_replicas.servers
+    customer = new_customer(second.stub)
+    orders = [order_in_status(second.stub, customer.id, pb.Order.DRAFT).id for _ in range(5)]
+    load = _rest_load(untuned_replicas, customer.id, orders).start()
+    try:
+        load.wait_for_calls(30, timeout=30)
+        phases = [(how, *_lose_and_restart(load, victim, how)) for how, victim in
+                  (("sigterm", first), ("sigkill", second))]  # fmt: skip
+        time.sleep(1.0)
+        calls = load.stop()
+    finally:
+        load.stop()
+    for how, lost, _gone, restarted, rejoined, _since in phases:
+        window = [c for c in calls if lost <= c.started <= restarted + rejoined]
+        failed = [c for c in window if not c.ok]
+        figures.record(
+            f"untuned-replica-{how}",
+            requests=len(window),
+            failed=len(failed),
+            outcomes=sorted({c.outcome for c in failed}),
+        )
