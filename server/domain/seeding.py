@@ -207,7 +207,7 @@ class SeedRun:
                 self._phase = Phase.CUSTOMERS
                 loader.load(
                     "customers",
-                    ("id", "email", "name", "created_at"),
+                    ("id", "email", "email_key", "name", "created_at"),
                     self._counted("customers", self._customer_rows(customer_ids, stamp)),
                 )
                 self._phase = Phase.ORDERS
@@ -255,12 +255,8 @@ class SeedRun:
     def _customer_rows(self, ids: Sequence[int], stamp: Any) -> Iterator[tuple[Any, ...]]:
         for customer_id in ids:
             # Ids are unique across every writer, so are these; .invalid is refused to callers.
-            yield (
-                customer_id,
-                f"seed-{customer_id}@seed.invalid",
-                f"Customer {customer_id}",
-                stamp,
-            )
+            email = f"seed-{customer_id}@seed.invalid"  # lowercase already: its own key
+            yield (customer_id, email, email, f"Customer {customer_id}", stamp)
 
     def _order_rows(
         self,

@@ -53,6 +53,11 @@ def deadline(seconds: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
+def _deadline_passed() -> int:
+    ends = _deadline.get()
+    return int(ends is not None and time.monotonic() > ends)
+
+
 def _remaining_seconds() -> float | None:
     ends = _deadline.get()
     return None if ends is None else ends - time.monotonic()
@@ -185,12 +190,9 @@ class Database:
             )
             yield
             return
-        ends = time.monotonic() + remaining
-        driver.set_progress_handler(lambda: int(time.monotonic() > ends), 10_000)
-        try:
-            yield
-        finally:
-            driver.set_progress_handler(None, 0)
+        # SQLite: the progress handler every connection got at connect time reads the same
+        # deadline from this call's context, so nothing is set here or undone after commit.
+        yield
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -206,6 +208,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA busy_timeout = 30000")
         cursor.close()
+        # Interrupts a statement once the calling RPC's deadline has passed; the deadline is
+        # the caller's context variable, so a connection carries nothing from call to call.
+        dbapi_connection.set_progress_handler(_deadline_passed, 10_000)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:

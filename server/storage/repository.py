@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ __all__ = [
 
 
 class EmailTaken(Exception):
-    """The unique index on lower(email) refused the insert."""
+    """The unique index on the email key refused the insert."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def insert_customer(session: Session, email: str, name: str, now: datetime) -> C
     try:
         customer_id = session.execute(
             insert(CustomerRow)
-            .values(email=email, name=name, created_at=now)
+            .values(email=email, email_key=email.lower(), name=name, created_at=now)
             .returning(CustomerRow.id)
         ).scalar_one()
     except IntegrityError as exc:
@@ -219,7 +219,7 @@ def list_orders(
         query = query.where(OrderRow.status == filters.status.value)
     if filters.email:
         query = query.where(
-            func.lower(CustomerRow.email).like(_like_literal(filters.email.lower()), escape="\\")
+            CustomerRow.email_key.like(_like_literal(filters.email.lower()), escape="\\")
         )
     if filters.customer_id is not None:
         query = query.where(OrderRow.customer_id == filters.customer_id)

@@ -28,6 +28,8 @@ class CustomerRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     email: Mapped[str] = mapped_column(String(254))
+    # email.lower(), computed by the server: what uniqueness and the email filter compare.
+    email_key: Mapped[str] = mapped_column(String(254))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 import grpc
 
 from ..domain.access import AccessPolicy, Right
+from ..domain.errors import FieldViolation, InvalidArgument
 from ..observability import CALL_SECONDS, CALLS
 from ..storage.database import StatementCount, deadline, statements_counted
 from .status import to_grpc_status, to_status_proto
@@ -117,6 +118,7 @@ def _wrap_unary(
         with _call_scope(method, context) as (call, count):
             try:
                 guard(context)
+                _refuse_undecodable(request)
                 response = behavior(request, context)
             except Exception as error:
                 if _is_abort(error, context):
@@ -137,6 +139,7 @@ def _wrap_stream(
         with _call_scope(method, context) as (call, count):
             try:
                 guard(context)
+                _refuse_undecodable(request)
                 yield from behavior(request, context)
             except Exception as error:
                 if _is_abort(error, context):
@@ -145,6 +148,35 @@ def _wrap_stream(
             context.set_trailing_metadata(call.trailer(count))
 
     return handle
+
+
+class _Undecodable:
+    """A request message that did not parse; the call answers INVALID_ARGUMENT for it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpcio answers a request it cannot parse with INTERNAL and a traceback in the log; a
+    malformed message is the caller's mistake, so it is handed on to be refused properly."""
+    if parse is None:
+        return None
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as error:
+            return _Undecodable(error)
+
+    return lenient
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            [FieldViolation("request", "is not a valid protobuf message of this method's type")]
+        )
 
 
 def _open(_context: grpc.ServicerContext) -> None:
@@ -180,7 +212,9 @@ class CallInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         guard = self._guard(method)
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": handler.request_deserializer
+            if handler.request_streaming
+            else _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:

@@ -174,20 +174,9 @@ def _create_at_once(stubs: list, emails: list[str]) -> list[str]:
     return outcomes
 
 
-SQLITE_POOL_BUG = (
-    "server bug reported to the lead: on SQLite, database.py's _bounded clears the progress"
-    " handler after session.commit() has returned the connection to the pool, where it may"
-    " already be closed (an overflow connection) or in another call's hands:"
-    " sqlite3.ProgrammingError -> INTERNAL for a call whose write was committed. Remove this"
-    " marker with the fix."
-)
-
-
 def test_fifty_concurrent_transitions_are_linearizable_and_lose_no_update(
     start_server: Callable[..., OrdersServer], backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=SQLITE_POOL_BUG))
     server = start_server()
     stubs = _stubs(server, 10)
     rng = random.Random(5)
@@ -244,7 +233,8 @@ def test_one_email_in_different_cases_at_once_exactly_one_wins(
         try:
             with engine.connect() as conn:
                 rows = conn.execute(
-                    sa.text("SELECT count(*) FROM customers WHERE lower(email) = :e"), {"e": base}
+                    sa.text("SELECT count(*) FROM customers WHERE email_key = :e"),
+                    {"e": base.lower()},
                 ).scalar_one()
         finally:
             engine.dispose()
@@ -255,15 +245,6 @@ def test_one_email_in_different_cases_at_once_exactly_one_wins(
 def test_an_email_differing_only_in_the_case_of_non_ascii_letters_is_already_exists(
     shared_server: OrdersServer, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="server bug reported to the lead: SQLite's lower() folds ASCII only, so"
-                " the unique index on lower(email) lets ÉLODIE@ and élodie@ both in (and the"
-                " email filter misses them); PostgreSQL folds them.",
-            )
-        )
     token = secrets.token_hex(4)
     first = new_customer(shared_server.stub, email=f"Élodie-{token}@example.com")
     with pytest.raises(grpc.RpcError) as err:
@@ -326,7 +307,7 @@ def test_concurrent_seeds_never_collide_and_a_third_is_refused(
     try:
         with engine.connect() as conn:
             distinct = conn.execute(
-                sa.text("SELECT count(DISTINCT lower(email)) FROM customers")
+                sa.text("SELECT count(DISTINCT email_key) FROM customers")
             ).scalar_one()
     finally:
         engine.dispose()

@@ -157,17 +157,6 @@ def test_server_killed_mid_seed_leaves_none_of_its_rows(
 def test_sigterm_under_load_completes_the_calls_in_flight(
     start_server: Callable[..., OrdersServer], backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False,
-                reason="server bug reported to the lead: on SQLite, database.py's _bounded clears"
-                " the progress handler after session.commit() has returned the connection to"
-                " the pool, where it may be closed (at shutdown, or an overflow connection):"
-                " sqlite3.ProgrammingError -> INTERNAL for a call in flight. Remove this marker"
-                " with the fix.",
-            )
-        )
     server = start_server(ORDERS_SHUTDOWN_GRACE="20")
     # Pages of 500 orders with 10,000 items: calls long enough to be in flight at the signal.
     run_seed(server.stub, seed_request(100, 5, 20)).expect_done()
