@@ -1,0 +1,188 @@
+"""The floor: the same work done with raw psycopg 3 and nothing else.
+
+Seeding: COPY of the same rows (bench/rows.py) into a database migrated with the service's own
+migrations, with ids generated here, in one transaction. Reading: the SQL a hand-written query
+would use (the summary as the aggregate over orders, as the Django service computed it), on a
+connection kept open, rows fetched as tuples.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from .rows import customer_rows, item_rows, order_rows
+from .stack import libpq, pid_cpu
+
+__all__ = ["FloorReader", "FloorSeeder"]
+
+
+class FloorSeeder:
+    """Raw COPY into one database; remembers the next free id of each table."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(libpq(database_url), connect_timeout=5)
+        self.email_key = has_email_key(self.conn)
+        self.conn.commit()
+        self.next_customer = 1
+        self.next_order = 1
+        self.next_item = 1
+        self.last_python_cpu = 0.0  # CPU seconds of this process in the last seed
+        self.last_postgres_cpu: float | None = None  # and of its PostgreSQL backend
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def seed(self, customers: int, per_customer: int, per_order: int) -> tuple[float, int]:
+        """Seconds from the first statement to the commit, and the statements sent."""
+        orders = customers * per_customer
+        items = orders * per_order
+        c0, o0, i0 = self.next_customer, self.next_order, self.next_item
+        stamp = datetime.now(UTC)
+        paid_count = array("q", bytes(8 * customers))
+        paid_total = array("q", bytes(8 * customers))
+        statements = 0
+        backend = self.conn.info.backend_pid
+        postgres_before = pid_cpu([backend]).get(backend)
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            key = ", email_key" if self.email_key else ""
+            with cur.copy(f"COPY customers (id, email{key}, name, created_at) FROM STDIN") as copy:
+                for row in customer_rows(c0, customers, stamp, self.email_key):
+                    copy.write_row(row)
+            statements += 1
+            with cur.copy(
+                "COPY orders (id, customer_id, status, is_archived, total_cents, created_at,"
+                " updated_at) FROM STDIN"
+            ) as copy:
+                for row in order_rows(
+                    c0, customers, o0, per_customer, per_order, stamp, paid_count, paid_total
+                ):
+                    copy.write_row(row)
+            statements += 1
+            with cur.copy(
+                "COPY customer_totals (customer_id, order_count, total_cents) FROM STDIN"
+            ) as copy:
+                for row in zip(range(c0, c0 + customers), paid_count, paid_total, strict=True):
+                    copy.write_row(row)
+            statements += 1
+            with cur.copy(
+                "COPY order_items (id, order_id, sku, quantity, unit_price_cents) FROM STDIN"
+            ) as copy:
+                for row in item_rows(o0, orders, per_order, i0):
+                    copy.write_row(row)
+            statements += 1
+            # The ids were ours: move the sequences past them, as a loader must.
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence('customers', 'id'), %s),"
+                " setval(pg_get_serial_sequence('orders', 'id'), %s),"
+                " setval(pg_get_serial_sequence('order_items', 'id'), %s)",
+                (c0 + customers, o0 + max(orders, 1), i0 + max(items, 1)),
+            )
+            statements += 1
+        elapsed = time.perf_counter() - started
+        self.last_python_cpu = time.process_time() - cpu_before
+        postgres_after = pid_cpu([backend]).get(backend)
+        self.last_postgres_cpu = (
+            None
+            if postgres_before is None or postgres_after is None
+            else postgres_after - postgres_before
+        )
+        self.next_customer += customers
+        self.next_order += orders
+        self.next_item += items
+        return elapsed, statements
+
+
+_ORDER_SELECT = (
+    "SELECT o.id, o.status, o.is_archived, o.total_cents, o.created_at, o.updated_at,"
+    " c.id, c.email, c.name, c.created_at"
+    " FROM orders o JOIN customers c ON c.id = o.customer_id"
+)
+_ITEMS = (
+    "SELECT order_id, id, sku, quantity, unit_price_cents FROM order_items"
+    " WHERE order_id = ANY(%s) ORDER BY order_id, id"
+)
+SUMMARY_AGGREGATE = (
+    "SELECT o.customer_id, c.email, count(*) AS order_count, sum(o.total_cents) AS total"
+    " FROM orders o JOIN customers c ON c.id = o.customer_id"
+    " WHERE o.status = 'PAID' AND NOT o.is_archived"
+    " GROUP BY o.customer_id, c.email"
+    " ORDER BY total DESC, o.customer_id LIMIT %s"
+)
+
+# The service's summary (server/storage/repository.py): the rollup, through its ranking index.
+SUMMARY_ROLLUP = (
+    "SELECT ct.customer_id, c.email, ct.order_count, ct.total_cents"
+    " FROM customer_totals ct JOIN customers c ON c.id = ct.customer_id"
+    " WHERE ct.order_count > 0 ORDER BY ct.total_cents DESC, ct.customer_id LIMIT %s"
+)
+
+
+def has_email_key(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the schema keeps a lowercased search key beside each email (migration 0002 on)
+    rather than searching lower(email)."""
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'customers' AND column_name = 'email_key'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def list_sql(
+    status: str | None, email: str | None, after: int | None, email_key: bool = False
+) -> tuple[str, list[Any]]:
+    """The hand-written page query; the email searched the way the schema's index serves it."""
+    where = ["NOT o.is_archived"]
+    params: list[Any] = []
+    if status:
+        where.append("o.status = %s")
+        params.append(status)
+    if email:
+        escaped = email.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        column = "c.email_key" if email_key else "lower(c.email)"
+        where.append(f"{column} LIKE %s ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    if after is not None:
+        where.append("o.id < %s")
+        params.append(after)
+    return f"{_ORDER_SELECT} WHERE {' AND '.join(where)} ORDER BY o.id DESC LIMIT %s", params
+
+
+class FloorReader:
+    """Hand-written reads on one open connection (autocommit: one round trip a statement)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(libpq(database_url), autocommit=True, connect_timeout=5)
+        self.email_key = has_email_key(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def summary(self, limit: int) -> int:
+        self.conn.execute(SUMMARY_AGGREGATE, (limit,)).fetchall()
+        return 1
+
+    def get_order(self, order_id: int) -> int:
+        self.conn.execute(f"{_ORDER_SELECT} WHERE o.id = %s", (order_id,)).fetchall()
+        self.conn.execute(_ITEMS, ([order_id],)).fetchall()
+        return 2
+
+    def list_orders(
+        self, status: str | None, email: str | None, after: int | None, limit: int = 50
+    ) -> int:
+        query, params = list_sql(status, email, after, self.email_key)
+        rows = self.conn.execute(query, (*params, limit)).fetchall()
+        if not rows:
+            return 1
+        self.conn.execute(_ITEMS, ([r[0] for r in rows],)).fetchall()
+        return 2
+
+    def explain(self, query: str, params: tuple[Any, ...]) -> str:
+        rows = self.conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", params).fetchall()
+        return "\n".join(r[0] for r in rows)

@@ -1,0 +1,90 @@
+"""A smoke run of the benchmark (scripts/bench, `python -m bench`) at its internal `tiny` size:
+every phase runs end to end against PostgreSQL, the table comes out with every row, the
+statement-count targets (which do not depend on the machine's speed) pass, and the throwaway
+databases are gone afterwards. The timing targets are not asserted: CI machines are shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import harness
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+ROWS = (
+    "seed 50x5x3",
+    "seed: SQL statements whatever the size",
+    "server RSS growth",
+    "longest wait for a progress message",
+    "GetSummary(50) gRPC, 1 server process",
+    "GetSummary(50) gRPC, 2 server processes",
+    "GetSummary(50) REST through Envoy",
+    "GetSummary(50) p50 @1k",
+    "GetSummary(50) vs GetOrder",
+    "ListOrders no filter p50",
+    "ListOrders status=PAID p50",
+    "ListOrders email",
+    "ListOrders page 100 (5 a page) p50",
+    "ListOrders: SQL statements a page",
+    "server RSS over",
+)
+
+
+def _admin_url() -> str:
+    return (
+        os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("TEST_DATABASE_URL")
+        or harness.DEFAULT_TEST_DATABASE_URL
+    )
+
+
+def _conninfo(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.mark.timeout(300)
+def test_bench_tiny_runs_every_phase_and_cleans_up() -> None:
+    url = _admin_url()
+    try:
+        psycopg.connect(_conninfo(url), connect_timeout=5).close()
+    except psycopg.Error as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"PostgreSQL at {url} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {url} is unreachable: {exc}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERS_")}
+    env["BENCH_DATABASE_URL"] = url
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--no-install"],
+        cwd=harness.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"{out}\n{done.stderr[-4000:]}"
+    assert "| workload | this project |" in out, out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    for row in ROWS:
+        assert any(row in line.split("|")[1] for line in lines), f"no row {row!r}:\n{out}"
+    table = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines
+    }
+    statements = next(v for k, v in table.items() if k.startswith("seed: SQL statements"))
+    assert statements[-1] == "PASS", statements
+    pages = next(v for k, v in table.items() if k.startswith("ListOrders: SQL statements"))
+    assert pages[-1] == "PASS", pages
+    assert re.search(r"^targets: \d+ PASS, \d+ FAIL, \d+ n/a$", out, re.M), out
+
+    prefix = re.search(r"creating databases (orders_bench_[0-9a-f]+)_", done.stderr)
+    assert prefix, done.stderr[-2000:]
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix.group(1) + "%",)
+        ).fetchall()
+    assert not left, f"the benchmark left databases behind: {left}"
