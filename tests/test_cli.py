@@ -281,13 +281,13 @@ def seed_command(request: pb.SeedRequest) -> list[str]:
     ]
 
 
-@ONE_BACKEND
 # One redraw of the seed's progress bar.
 REDRAW = re.compile(
     r"(\w+)\s+\S*\s+(\d+)%\s+([\d,]+)/([\d,]+)\s+([\d,?]+) rows/s\s+(ETA [-\d:]+|in [\d:]+)"
 )
 
 
+@ONE_BACKEND
 def test_seed_shows_a_live_progress_bar_then_a_summary(
     shared_server: OrdersServer, backend: str
 ) -> None:
