@@ -1,7 +1,6 @@
-"""The rows a seed writes, generated the way the service's Seed generates them
-(server/domain/seeding.py: the same emails, status mix, archived share, items and totals), so
-that the floor copies the same rows. Repeated here rather than imported: the floor is what a
-hand-written loader would be, not the service's code.
+"""The rows a seed writes, for the floor to COPY: the values (status mix, archived share,
+items) come from the service's own generator in server/domain/seeding.py, so both load the
+same rows; how they are loaded (ids, COPY) is the floor's own, as a hand-written loader's.
 """
 
 from __future__ import annotations
@@ -11,18 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-_STATUS_WHEEL = ("DRAFT",) * 4 + ("PAID",) * 3 + ("SHIPPED",) * 2 + ("CANCELLED",)
-
-
-def _mix(a: int, b: int) -> int:
-    h = (a * 0x9E3779B1 + b * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h * 0x2C1B3C6D) & 0xFFFFFFFF
-
-
-def item_values(order_id: int, index: int) -> tuple[str, int, int]:
-    h = _mix(order_id, index)
-    return f"SKU-{h % 1000:04d}", 1 + h % 5, 100 + (h >> 10) % 9_900
+from server.domain.seeding import item_values, order_state
 
 
 def customer_rows(
@@ -52,9 +40,8 @@ def order_rows(
     for n in range(customers * per_customer):
         order_id = first_order + n
         c = n // per_customer
-        h = _mix(order_id, 0xFFFF)
-        status = _STATUS_WHEEL[h % len(_STATUS_WHEEL)]
-        archived = (h >> 8) % 20 == 0
+        state, archived = order_state(order_id)
+        status = state.value
         total = 0
         for i in items:
             _, quantity, price = item_values(order_id, i)

@@ -24,7 +24,7 @@ from .lifecycle import rollup_share
 from .records import Status
 from .validation import Violations
 
-__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "plan_seed"]
+__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "item_values", "order_state", "plan_seed"]
 
 MAX_CUSTOMERS = 100_000
 MAX_ORDERS_PER_CUSTOMER = 1_000
@@ -117,9 +117,16 @@ def _mix(a: int, b: int) -> int:
     return (h * 0x2C1B3C6D) & 0xFFFFFFFF
 
 
-def _item_values(order_id: int, index: int) -> tuple[str, int, int]:
+def item_values(order_id: int, index: int) -> tuple[str, int, int]:
+    """sku, quantity, unit_price_cents of a seeded order's item `index`."""
     h = _mix(order_id, index)
     return f"SKU-{h % 1000:04d}", 1 + h % 5, 100 + (h >> 10) % 9_900
+
+
+def order_state(order_id: int) -> tuple[Status, bool]:
+    """status and is_archived of a seeded order: a mix of statuses, one in 20 archived."""
+    h = _mix(order_id, 0xFFFF)
+    return _STATUS_WHEEL[h % len(_STATUS_WHEEL)], (h >> 8) % 20 == 0
 
 
 class SeedRun:
@@ -270,12 +277,10 @@ class SeedRun:
         items = range(self.plan.items_per_order)
         for n, order_id in enumerate(order_ids):
             c = n // per_customer
-            h = _mix(order_id, 0xFFFF)
-            status = _STATUS_WHEEL[h % len(_STATUS_WHEEL)]
-            archived = (h >> 8) % 20 == 0
+            status, archived = order_state(order_id)
             total = 0
             for i in items:
-                _, quantity, price = _item_values(order_id, i)
+                _, quantity, price = item_values(order_id, i)
                 total += quantity * price
             share = rollup_share(status, archived, total)
             paid_count[c] += share.order_count
@@ -286,4 +291,4 @@ class SeedRun:
         items = range(self.plan.items_per_order)
         for order_id in order_ids:
             for i in items:
-                yield (order_id, *_item_values(order_id, i))
+                yield (order_id, *item_values(order_id, i))
