@@ -682,6 +682,18 @@ def long_seed(server: OrdersServer, kind: str, seconds: float) -> pb.SeedRequest
     return seed_request(customers, LONG_SEED_ORDERS, LONG_SEED_ITEMS)
 
 
+def run_check(server: OrdersServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m server check [ARGS]` against the server's database."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "check", *args],
+        cwd=ROOT,
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def collect_statuses(orders: Iterable[pb.Order]) -> set[int]:
     return {o.status for o in orders}
 

@@ -3,25 +3,12 @@ derive from: silent when nothing drifted, loud (exit 1) when something did, exac
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from harness import ROOT, OrdersServer
+from harness import OrdersServer, run_check
 from orders.v1 import orders_pb2 as pb
 from sqlalchemy.pool import NullPool
-
-
-def _check(server: OrdersServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", "check", *args],
-        cwd=ROOT,
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_check_finds_and_fixes_drift_in_totals_and_rollup(
@@ -32,7 +19,7 @@ def test_check_finds_and_fixes_drift_in_totals_and_rollup(
         pb.SeedRequest(customers=20, orders_per_customer=5, items_per_order=3), timeout=60
     ):
         pass
-    clean = _check(server)
+    clean = run_check(server)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "consistent" in clean.stdout
 
@@ -52,12 +39,12 @@ def test_check_finds_and_fixes_drift_in_totals_and_rollup(
         )
     engine.dispose()
 
-    drifted = _check(server)
+    drifted = run_check(server)
     assert drifted.returncode == 1, drifted.stdout + drifted.stderr
     assert f"order {order_id}:" in drifted.stdout
     assert f"customer {customer_id}:" in drifted.stdout
 
-    fixed = _check(server, "--fix")
+    fixed = run_check(server, "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "repaired" in fixed.stdout
-    assert _check(server).returncode == 0
+    assert run_check(server).returncode == 0

@@ -10,16 +10,14 @@ nothing the server says about itself) and from `python -m server check`.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from harness import ROOT, OrdersServer
+from harness import OrdersServer, run_check
 from orders.v1 import orders_pb2 as pb
 from sqlalchemy.pool import NullPool
 
-__all__ = ["assert_invariants", "run_check"]
+__all__ = ["assert_invariants"]
 
 _QUERIES = {
     "orders whose total is not the sum of their items": """
@@ -48,18 +46,6 @@ _RECOMPUTED_SUMMARY = """
 _STORED_SUMMARY = """
     SELECT customer_id, order_count, total_cents FROM customer_totals WHERE order_count <> 0
        OR total_cents <> 0"""
-
-
-def run_check(server: OrdersServer, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m server check` against the server's database."""
-    return subprocess.run(
-        [sys.executable, "-m", "server", "check", *args],
-        cwd=ROOT,
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def assert_invariants(
