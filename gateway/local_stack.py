@@ -36,6 +36,9 @@ def run(environ: Mapping[str, str] | None = None) -> int:
     config = GatewayConfig.from_env("local", env).with_server_processes(env)
     grpc_target = f"{config.upstream_host}:{config.upstream_port}"
     env.setdefault("ORDERS_GRPC_PORT", str(config.upstream_port))
+    # Envoy is stopped before the server, so no balancer is left to notice a drain: Ctrl-C
+    # need not wait for one (ORDERS_DRAIN_SECONDS, docs/operations.md).
+    env.setdefault("ORDERS_DRAIN_SECONDS", "0")
 
     stopping = threading.Event()
 

@@ -23,6 +23,7 @@ class Settings:
     worker_index: int  # which process of a supervised group; -1 when not supervised
     socket_dir: Path
     shutdown_grace: float
+    drain_seconds: float
     environment: str
     admin_token: str | None
     api_tokens: str
@@ -52,6 +53,19 @@ def _int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _seconds(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise SystemExit(f"{name} must be 0 or more seconds, got {raw!r}")
+    return value
 
 
 def default_database_url() -> str:
@@ -91,7 +105,8 @@ def load_settings() -> Settings:
         grpc_processes=grpc_processes(),
         worker_index=_int("ORDERS_WORKER_INDEX", -1),
         socket_dir=socket_dir(),
-        shutdown_grace=float(os.environ.get("ORDERS_SHUTDOWN_GRACE", "10")),
+        shutdown_grace=_seconds("ORDERS_SHUTDOWN_GRACE", 10.0),
+        drain_seconds=_seconds("ORDERS_DRAIN_SECONDS", 2.0),
         environment=os.environ.get("ORDERS_ENV", "development").strip().lower() or "development",
         admin_token=os.environ.get("ORDERS_ADMIN_TOKEN") or None,
         api_tokens=os.environ.get("ORDERS_API_TOKENS", ""),

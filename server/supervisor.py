@@ -118,8 +118,8 @@ def _supervise(settings: Settings) -> int:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
     for worker in workers.values():
-        try:
-            worker.wait(settings.shutdown_grace + 5)
+        try:  # each drains, then lets its calls finish: both in parallel over the workers
+            worker.wait(settings.drain_seconds + settings.shutdown_grace + 5)
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()

@@ -262,6 +262,9 @@ class OrdersServer:
             # multi-process mode ask for more.
             ORDERS_GRPC_PROCESSES="1",
             ORDERS_METRICS_PORT="0",  # test servers side by side; tests of metrics set one
+            # No balancer watches a test server's health: stop at once. Tests of the drain set
+            # it (an empty value is the server's default).
+            ORDERS_DRAIN_SECONDS="0",
             PYTHONUNBUFFERED="1",
         )
         env.update(self._extra_env)

@@ -65,6 +65,7 @@ class Group:
             "ORDERS_GRPC_PROCESSES": str(PROCESSES),
             "ORDERS_SOCKET_DIR": str(tmp_path / "s"),
             "ORDERS_METRICS_PORT": str(free_port()),
+            "ORDERS_DRAIN_SECONDS": "0",  # no balancer to wait for
         }
         self.sockets = worker_sockets(tmp_path / "s", self.port, PROCESSES)
         subprocess.run(

@@ -5,9 +5,10 @@
 - The server SIGKILLed in the middle of a seed (every process of it, supervisor and workers):
   none of its rows remain, and a server started again on the same database serves it,
   consistent.
-- SIGTERM under a steady load of calls: every call already in flight completes successfully,
-  later ones are refused cleanly (UNAVAILABLE, or CANCELLED for one racing the shutdown; never
-  a hang, never INTERNAL), and the server exits 0.
+- SIGTERM under a steady load of calls: health says NOT_SERVING at once, yet the server keeps
+  serving for its drain (ORDERS_DRAIN_SECONDS), so that balancers stop sending before it stops;
+  every call already in flight completes successfully; calls after the drain are refused as
+  UNAVAILABLE (never CANCELLED, never a hang, never INTERNAL), and the server exits 0.
 
 The gRPC client cancelling a seed, and a gRPC client process that dies, are in
 tests/test_seed.py; a seed in flight at SIGTERM finishing, or cut at the end of the grace
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import figures
 import grpc
-import pytest
 from gateway_stack import Gateway
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
     OrdersServer,
     ServerFactory,
@@ -43,6 +44,8 @@ from invariants import assert_invariants
 from load import Load, grpc_outcome
 from orders.v1 import orders_pb2 as pb
 from processes import kill_tree
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrdersService"].full_name
 
 
 def _writing(line: dict) -> bool:
@@ -154,10 +157,19 @@ def test_server_killed_mid_seed_leaves_none_of_its_rows(
     )
 
 
-def test_sigterm_under_load_completes_the_calls_in_flight(
-    start_server: Callable[..., OrdersServer], backend: str, request: pytest.FixtureRequest
+DRAIN = 1.0  # ORDERS_DRAIN_SECONDS of the SIGTERM test
+
+
+def _health(server: OrdersServer) -> str:
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(stub.Check(request, timeout=5).status)
+
+
+def test_sigterm_under_load_drains_then_refuses_as_unavailable(
+    start_server: Callable[..., OrdersServer], backend: str
 ) -> None:
-    server = start_server(ORDERS_SHUTDOWN_GRACE="20")
+    server = start_server(ORDERS_SHUTDOWN_GRACE="20", ORDERS_DRAIN_SECONDS=str(DRAIN))
     # Pages of 500 orders with 10,000 items: calls long enough to be in flight at the signal.
     run_seed(server.stub, seed_request(100, 5, 20)).expect_done()
     customer = new_customer(server.stub)
@@ -180,6 +192,10 @@ def test_sigterm_under_load_completes_the_calls_in_flight(
     load.wait_for_calls(12, timeout=30)
     signalled = time.monotonic()
     server.signal(signal.SIGTERM)
+    # At once NOT_SERVING, so that balancers stop sending calls here...
+    while (health := _health(server)) == "SERVING" and time.monotonic() < signalled + DRAIN / 2:
+        time.sleep(0.02)
+    not_serving_after = time.monotonic() - signalled
     code = server.wait(timeout=30)
     stopped = time.monotonic()
     time.sleep(0.5)  # calls after the exit: refused
@@ -188,29 +204,33 @@ def test_sigterm_under_load_completes_the_calls_in_flight(
     in_flight = [c for c in calls if c.started < signalled - 0.05 and c.ended > signalled]
     before_signal = [c for c in calls if c.started < signalled - 0.05]
     failed_before = [c for c in before_signal if not c.ok]
+    # ...while it keeps serving through the drain (the first 0.2 s of margin: the signal is
+    # handled within the server's 0.2 s poll)...
+    draining = [c for c in calls if signalled + 0.25 <= c.started <= signalled + DRAIN - 0.1]
+    # ...then refuses every new call as UNAVAILABLE, which a client retries, never CANCELLED.
+    stopping = [c for c in calls if signalled + DRAIN - 0.1 < c.started <= stopped]
     after = [c for c in calls if c.started > stopped]
-    # Calls that arrive while the server drains are refused: UNAVAILABLE, or CANCELLED when
-    # grpcio cancels one that raced its shutdown (reported: a client does not retry CANCELLED).
-    racing = [c for c in calls if signalled - 0.05 <= c.started <= stopped and not c.ok]
     figures.record(
         f"sigterm-under-load ({backend})",
         calls=len(calls),
         in_flight_at_signal=len(in_flight),
         failed_in_flight=len(failed_before),
-        refused_while_draining=len(racing),
-        cancelled_while_draining=sum(c.outcome == "CANCELLED" for c in racing),
+        not_serving_within_s=round(not_serving_after, 2),
+        served_while_draining=sum(c.ok for c in draining),
+        failed_while_draining=sum(not c.ok for c in draining),
+        refused_while_stopping=sum(c.outcome == "UNAVAILABLE" for c in stopping),
+        cancelled=sum(c.outcome == "CANCELLED" for c in calls),
         exit_s=round(stopped - signalled, 2),
     )
     assert code == 0, f"exit code {code} after SIGTERM\n{server.log_text()}"
+    assert health == "NOT_SERVING", f"health still {health} {not_serving_after:.2f}s after SIGTERM"
     assert in_flight, "no call was in flight at the signal: nothing was tested"
     assert not failed_before, f"calls in flight at SIGTERM failed: {failed_before[:5]}"
+    assert draining and all(c.ok for c in draining), [c for c in draining if not c.ok][:5]
+    assert stopped - signalled >= DRAIN, "the server did not wait for the drain"
     assert after and all(c.outcome == "UNAVAILABLE" for c in after), {c.outcome for c in after}
     assert all(c.seconds < 5 for c in after), "a call to a stopped server must fail at once"
-    unexpected = [
-        c
-        for c in calls
-        if c.outcome not in ("OK", "UNAVAILABLE") and not (c in racing and c.outcome == "CANCELLED")
-    ]
+    unexpected = [c for c in calls if c.outcome not in ("OK", "UNAVAILABLE")]
     assert not unexpected, unexpected[:5]
     created = {c.value for c in calls if c.ok and c.worker.startswith("writer")}
     again = OrdersServer(server.database_url, {}, server.log_path, f"{server.name}-again")
