@@ -28,21 +28,50 @@ def test_a_slow_statement_is_stopped_at_the_deadline(
 ) -> None:
     database = Database(databases.create())
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded), deadline(0.3), database.session() as session:
+    with pytest.raises(DeadlineExceeded), deadline(0.3), database.read() as session:
         session.execute(text(SLOW[databases.kind]))
     elapsed = time.monotonic() - started
-    # A new transaction after it works: the bound was local to the one that timed out.
-    with database.session() as session:
+    # The next call on the connection works.
+    with database.read() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
     database.dispose()
     assert elapsed < 2.0, f"the statement ran {elapsed:.2f} s past a 0.3 s deadline"
+
+
+PAUSE = {
+    "postgresql": "SELECT pg_sleep(0.6)",
+    "sqlite": SLOW["sqlite"].replace("50000000", "2000000"),
+}
+
+
+def test_a_deadline_does_not_outlive_its_call(
+    databases: SqliteDatabases | PostgresDatabases,
+) -> None:
+    # On PostgreSQL the bound is the connection's statement_timeout, kept between calls while
+    # deadlines look alike: one connection (pool of 1) serves a bounded call, then unbounded
+    # reads and writes, which must not inherit the 0.3 s.
+    database = Database(databases.create(), pool_size=1)
+    with deadline(0.3), database.read() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    with deadline(None), database.read() as session:
+        session.execute(text(PAUSE[databases.kind]))
+    with deadline(0.3), database.write() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    with deadline(None), database.write() as session:
+        session.execute(text(PAUSE[databases.kind]))
+    # A longer deadline after a shorter one is not cut at the shorter one.
+    with deadline(0.3), database.read() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+    with deadline(5), database.read() as session:
+        session.execute(text(PAUSE[databases.kind]))
+    database.dispose()
 
 
 def test_no_deadline_leaves_statements_unbounded(
     databases: SqliteDatabases | PostgresDatabases,
 ) -> None:
     database = Database(databases.create())
-    with deadline(None), database.session() as session:
+    with deadline(None), database.read() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
     database.dispose()
 
@@ -74,6 +103,6 @@ def test_a_practically_infinite_deadline_counts_as_none(
 ) -> None:
     # Envoy forwards grpc-timeout values of thousands of years; they must not break the call.
     database = Database(databases.create())
-    with deadline(9.2e18), database.session() as session:
+    with deadline(9.2e18), database.read() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
     database.dispose()

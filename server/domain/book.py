@@ -77,8 +77,8 @@ class OrderBook:
 
     def get_customer(self, customer_id: int) -> Customer:
         require_positive_id("id", customer_id)
-        with self._db.session() as session:
-            customer = repo.get_customer(session, customer_id)
+        with self._db.read() as connection:
+            customer = repo.get_customer(connection, customer_id)
         if customer is None:
             raise _customer_not_found(customer_id)
         return customer
@@ -88,8 +88,8 @@ class OrderBook:
         size = page_size(requested_size, violations)
         after = decode_token(token, "customers", violations)
         violations.raise_if_any()
-        with self._db.session() as session:
-            found = repo.list_customers(session, after, size + 1)
+        with self._db.read() as connection:
+            found = repo.list_customers(connection, after, size + 1)
         return _page(found, size, "customers", lambda c: c.id)
 
     # Orders
@@ -107,8 +107,8 @@ class OrderBook:
 
     def get_order(self, order_id: int) -> Order:
         require_positive_id("id", order_id)
-        with self._db.session() as session:
-            order = repo.get_order(session, order_id)
+        with self._db.read() as connection:
+            order = repo.get_order(connection, order_id)
         if order is None:
             raise _order_not_found(order_id)
         return order
@@ -132,8 +132,8 @@ class OrderBook:
         size = page_size(requested_size, violations)
         after = decode_token(token, filters, violations)
         violations.raise_if_any()
-        with self._db.session() as session:
-            found = repo.list_orders(session, filters, after, size + 1)
+        with self._db.read() as connection:
+            found = repo.list_orders(connection, filters, after, size + 1)
         return _page(found, size, filters, lambda o: o.id)
 
     def change_status(self, order_id: int, action: Action) -> Order:
@@ -183,8 +183,8 @@ class OrderBook:
             violations.add("limit", f"must not be negative, got {limit}")
         violations.raise_if_any()
         limit = min(limit or DEFAULT_SUMMARY_LIMIT, MAX_SUMMARY_LIMIT)
-        with self._db.session() as session:
-            return repo.summary(session, limit)
+        with self._db.read() as connection:
+            return repo.summary(connection, limit)
 
     def start_seed(self, customers: int, orders_per_customer: int, items_per_order: int) -> SeedRun:
         plan = plan_seed(customers, orders_per_customer, items_per_order, self._seed_max_rows)

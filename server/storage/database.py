@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..domain.errors import DeadlineExceeded, Unavailable
 
@@ -34,6 +35,13 @@ _UNREACHABLE = (
 
 
 _LONGEST_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's statement_timeout is an int of milliseconds
+# A pooled connection idle for longer than this is pinged before use (one round trip); one
+# in steady use is not: if the database went away meanwhile, the call fails as UNAVAILABLE
+# and the pool drops every connection older than the failure (SQLAlchemy's pool invalidation).
+_PING_AFTER_IDLE_SECONDS = 1.0
+# The statement_timeout a connection already has is kept when it is within this share below
+# the call's remaining time: a steady stream of calls with one client timeout sets it once.
+_TIMEOUT_SLACK = 0.1
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "orders_deadline", default=None
 )
@@ -101,12 +109,15 @@ def count_statement() -> None:
         count.value += 1
 
 
-def _on_cursor_execute(*_args: Any, **_kwargs: Any) -> None:
-    count_statement()
+def _on_cursor_execute(
+    _conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    if context is None or not context.execution_options.get("orders_setup", False):
+        count_statement()
 
 
 class Database:
-    """One engine per process; one session per RPC, opened by `session()` or `write()`."""
+    """One engine per process; one connection per RPC, opened by `read()` or `write()`."""
 
     def __init__(self, url: str, pool_size: int = 16) -> None:
         self.url = make_url(url)
@@ -119,7 +130,6 @@ class Database:
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
                 pool_timeout=5,
                 connect_args={"connect_timeout": 5},
             )
@@ -129,38 +139,55 @@ class Database:
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        else:
+            _ping_when_idle(self.engine)
         event.listen(self.engine, "before_cursor_execute", _on_cursor_execute)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A read transaction."""
-        with self._transaction(write=False) as session:
-            yield session
+    def read(self) -> Iterator[Connection]:
+        """A read. On PostgreSQL the connection runs in autocommit: each statement sees its
+        own snapshot, exactly as in a READ COMMITTED transaction, without the BEGIN and
+        COMMIT round trips. On SQLite the statements share one read transaction (one
+        snapshot; BEGIN and COMMIT cost no round trip there)."""
+        remaining = self._remaining_checked()
+        with self._errors_mapped(), self.engine.connect() as connection:
+            if self.is_postgresql:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                _bound(connection, remaining)
+                yield connection
+            else:
+                with connection.begin():
+                    yield connection
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
         so two writers queue instead of failing with 'database is locked' half-way."""
-        with self._transaction(write=True) as session:
+        remaining = self._remaining_checked()
+        with self._errors_mapped(), self._sessions() as session:
+            # Leaving the block by an exception closes the session, which rolls back.
+            if self.is_sqlite:
+                session.connection(execution_options={"orders_write": True})
+            else:
+                # Before the transaction's first statement, so before psycopg's BEGIN.
+                _bound(session.connection(), remaining)
             yield session
+            session.commit()
+
+    def _remaining_checked(self) -> float | None:
+        remaining = _remaining_seconds()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(
+                "the call's deadline passed before the database was reached",
+                reason="DEADLINE_EXCEEDED",
+            )
+        return remaining
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Session]:
-        # Leaving the block by an exception closes the session, which rolls back.
-        remaining = _remaining_seconds()
+    def _errors_mapped(self) -> Iterator[None]:
         try:
-            with self._sessions() as session:
-                if (write and self.is_sqlite) or remaining is not None:
-                    options = {"orders_write": True} if write and self.is_sqlite else {}
-                    driver = session.connection(execution_options=options).connection
-                if remaining is None:
-                    yield session
-                    session.commit()
-                else:
-                    with self._bounded(driver.driver_connection, remaining):
-                        yield session
-                        session.commit()
+            yield
         except _UNREACHABLE as exc:
             if _is_timeout(exc):
                 raise DeadlineExceeded(
@@ -173,29 +200,58 @@ class Database:
                 "the database is unavailable; try again shortly", reason="DATABASE_UNAVAILABLE"
             ) from exc
 
-    @contextmanager
-    def _bounded(self, driver: Any, remaining: float) -> Iterator[None]:
-        """Makes the database give up when the call's deadline passes: the remaining time
-        becomes PostgreSQL's statement_timeout for this transaction, or a progress handler
-        interrupting SQLite. Sent on the driver's connection: setup, not a counted statement."""
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                "the call's deadline passed before the database was reached",
-                reason="DEADLINE_EXCEEDED",
-            )
-        if self.is_postgresql:
-            driver.execute(
-                "SELECT set_config('statement_timeout', %s, true)",
-                (str(max(1, int(remaining * 1000))),),
-            )
-            yield
-            return
-        # SQLite: the progress handler every connection got at connect time reads the same
-        # deadline from this call's context, so nothing is set here or undone after commit.
-        yield
-
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _bound(connection: Connection, remaining: float | None) -> None:
+    """Makes PostgreSQL give up when the call's deadline passes: the remaining time becomes
+    the connection's statement_timeout (0, unbounded, without a deadline). Set outside any
+    transaction, so that a rollback cannot undo it, and only when the connection's current
+    value is not already within _TIMEOUT_SLACK below the remaining time. Setup, not a counted
+    statement; sent through SQLAlchemy so that a dead connection is noticed and dropped.
+    SQLite needs nothing here: the progress handler every connection got at connect time
+    reads the call's deadline itself."""
+    wanted = 0 if remaining is None else max(1, int(remaining * 1000))
+    current = connection.info.get("orders_statement_timeout_ms")
+    if current is not None and (
+        current == wanted == 0 or (0 < wanted * (1 - _TIMEOUT_SLACK) <= current <= wanted)
+    ):
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    in_autocommit = driver.autocommit
+    driver.autocommit = True  # psycopg has not sent this transaction's BEGIN yet
+    try:
+        connection.exec_driver_sql(
+            "SELECT set_config('statement_timeout', %(ms)s, false)",
+            {"ms": str(wanted)},
+            execution_options={"orders_setup": True},
+        )
+    finally:
+        if not driver.closed:
+            driver.autocommit = in_autocommit
+    connection.info["orders_statement_timeout_ms"] = wanted
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping costs a round trip on every checkout; this pings only a connection that
+    sat idle in the pool for a while (a database restarted meanwhile is the likely case)."""
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        last_used = record.info.get("orders_last_used")
+        if last_used is None or time.monotonic() - last_used < _PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool drops this connection and checks out (or opens) another.
+            raise exc.DisconnectionError(str(error)) from error
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["orders_last_used"] = time.monotonic()
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,15 @@ __all__ = [
     "summary",
     "update_order",
 ]
+
+
+# Reads run on a plain connection (Database.read) or inside a write's session.
+Reader = Connection | Session
+
+# The read queries are built once, with bound parameters, and reused: building a select from
+# mapped columns costs more CPU than PostgreSQL spends running it (GetSummary: 0.49 ms a call
+# built each time, 0.17 ms reused, in one process on this machine), and SQLAlchemy compiles
+# each shape once (its statement cache) either way.
 
 
 class EmailTaken(Exception):
@@ -74,16 +84,24 @@ def insert_customer(session: Session, email: str, name: str, now: datetime) -> C
 _CUSTOMER_COLUMNS = (CustomerRow.id, CustomerRow.email, CustomerRow.name, CustomerRow.created_at)
 
 
-def get_customer(session: Session, customer_id: int) -> Customer | None:
-    row = session.execute(select(*_CUSTOMER_COLUMNS).where(CustomerRow.id == customer_id)).first()
+_GET_CUSTOMER = select(*_CUSTOMER_COLUMNS).where(CustomerRow.id == bindparam("id"))
+
+
+def get_customer(session: Reader, customer_id: int) -> Customer | None:
+    row = session.execute(_GET_CUSTOMER, {"id": customer_id}).first()
     return None if row is None else _customer(row)
 
 
-def list_customers(session: Session, after: int | None, limit: int) -> list[Customer]:
-    query = select(*_CUSTOMER_COLUMNS).order_by(CustomerRow.id.desc()).limit(limit)
-    if after is not None:
-        query = query.where(CustomerRow.id < after)
-    return [_customer(row) for row in session.execute(query)]
+@cache
+def _list_customers_query(paged: bool) -> Select[*tuple[Any, ...]]:
+    query = select(*_CUSTOMER_COLUMNS).order_by(CustomerRow.id.desc()).limit(bindparam("limit"))
+    return query.where(CustomerRow.id < bindparam("after")) if paged else query
+
+
+def list_customers(session: Reader, after: int | None, limit: int) -> list[Customer]:
+    query = _list_customers_query(after is not None)
+    rows = session.execute(query, {"limit": limit, "after": after})
+    return [_customer(row) for row in rows]
 
 
 def insert_order(
@@ -160,21 +178,26 @@ _ITEM_COLUMNS = (
 )
 
 
-def _orders_with_customers() -> Select[*tuple[Any, ...]]:
-    return select(*_ORDER_COLUMNS).join(CustomerRow, CustomerRow.id == OrderRow.customer_id)
+_ORDERS_WITH_CUSTOMERS = select(*_ORDER_COLUMNS).join(
+    CustomerRow, CustomerRow.id == OrderRow.customer_id
+)
+_GET_ORDER = _ORDERS_WITH_CUSTOMERS.where(OrderRow.id == bindparam("id"))
+_ITEMS_OF_ORDERS = (
+    select(*_ITEM_COLUMNS)
+    .where(OrderItemRow.order_id.in_(bindparam("order_ids", expanding=True)))
+    .order_by(OrderItemRow.order_id, OrderItemRow.id)
+)
 
 
-def _load(session: Session, query: Select[*tuple[Any, ...]]) -> list[Order]:
+def _load(session: Reader, query: Select[*tuple[Any, ...]], params: dict[str, Any]) -> list[Order]:
     """Runs `query` (orders joined to customers), then fetches all their items in one more
     statement: two statements whatever the number of orders."""
-    rows = session.execute(query).all()
+    rows = session.execute(query, params).all()
     if not rows:
         return []
     items: dict[int, list[Item]] = {row.id: [] for row in rows}
     for order_id, item_id, sku, quantity, price in session.execute(
-        select(*_ITEM_COLUMNS)
-        .where(OrderItemRow.order_id.in_(list(items)))
-        .order_by(OrderItemRow.order_id, OrderItemRow.id)
+        _ITEMS_OF_ORDERS, {"order_ids": list(items)}
     ):
         items[order_id].append(Item(item_id, sku, quantity, price))
     customers: dict[int, Customer] = {}
@@ -200,8 +223,8 @@ def _load(session: Session, query: Select[*tuple[Any, ...]]) -> list[Order]:
     return orders
 
 
-def get_order(session: Session, order_id: int) -> Order | None:
-    found = _load(session, _orders_with_customers().where(OrderRow.id == order_id))
+def get_order(session: Reader, order_id: int) -> Order | None:
+    found = _load(session, _GET_ORDER, {"id": order_id})
     return found[0] if found else None
 
 
@@ -211,23 +234,43 @@ def _like_literal(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_orders(
-    session: Session, filters: OrderFilter, after: int | None, limit: int
-) -> list[Order]:
-    query = _orders_with_customers().order_by(OrderRow.id.desc()).limit(limit)
-    if filters.status is not None:
-        query = query.where(OrderRow.status == filters.status.value)
-    if filters.email:
-        query = query.where(
-            CustomerRow.email_key.like(_like_literal(filters.email.lower()), escape="\\")
-        )
-    if filters.customer_id is not None:
-        query = query.where(OrderRow.customer_id == filters.customer_id)
-    if not filters.include_archived:
+@cache
+def _list_orders_query(
+    status: bool, email: bool, customer: bool, include_archived: bool, paged: bool
+) -> Select[*tuple[Any, ...]]:
+    """The query for one combination of filters (at most 32 shapes, each built once)."""
+    query = _ORDERS_WITH_CUSTOMERS.order_by(OrderRow.id.desc()).limit(bindparam("limit"))
+    if status:
+        query = query.where(OrderRow.status == bindparam("status"))
+    if email:
+        query = query.where(CustomerRow.email_key.like(bindparam("email"), escape="\\"))
+    if customer:
+        query = query.where(OrderRow.customer_id == bindparam("customer_id"))
+    if not include_archived:
         query = query.where(OrderRow.is_archived.is_(False))
-    if after is not None:
-        query = query.where(OrderRow.id < after)
-    return _load(session, query)
+    if paged:
+        query = query.where(OrderRow.id < bindparam("after"))
+    return query
+
+
+def list_orders(
+    session: Reader, filters: OrderFilter, after: int | None, limit: int
+) -> list[Order]:
+    query = _list_orders_query(
+        filters.status is not None,
+        bool(filters.email),
+        filters.customer_id is not None,
+        filters.include_archived,
+        after is not None,
+    )
+    params = {
+        "limit": limit,
+        "status": None if filters.status is None else filters.status.value,
+        "email": _like_literal(filters.email.lower()) if filters.email else None,
+        "customer_id": filters.customer_id,
+        "after": after,
+    }
+    return _load(session, query, params)
 
 
 def lock_order(session: Session, order_id: int) -> OrderState | None:
@@ -281,26 +324,21 @@ def add_to_rollup(session: Session, customer_id: int, order_count: int, total_ce
     )
 
 
-def summary(session: Session, limit: int) -> list[SummaryRow]:
+_SUMMARY = (
+    select(
+        CustomerTotalRow.customer_id,
+        CustomerRow.email,
+        CustomerTotalRow.order_count,
+        CustomerTotalRow.total_cents,
+    )
+    .join(CustomerRow, CustomerRow.id == CustomerTotalRow.customer_id)
+    .where(CustomerTotalRow.order_count > 0)
+    .order_by(CustomerTotalRow.total_cents.desc(), CustomerTotalRow.customer_id)
+    .limit(bindparam("limit"))
+)
+
+
+def summary(session: Reader, limit: int) -> list[SummaryRow]:
     """One statement: the rollup's ranking index, joined to the customers' emails."""
-    rows = session.execute(
-        select(
-            CustomerTotalRow.customer_id,
-            CustomerRow.email,
-            CustomerTotalRow.order_count,
-            CustomerTotalRow.total_cents,
-        )
-        .join(CustomerRow, CustomerRow.id == CustomerTotalRow.customer_id)
-        .where(CustomerTotalRow.order_count > 0)
-        .order_by(CustomerTotalRow.total_cents.desc(), CustomerTotalRow.customer_id)
-        .limit(limit)
-    ).all()
-    return [
-        SummaryRow(
-            customer_id=r.customer_id,
-            email=r.email,
-            order_count=r.order_count,
-            total_cents=r.total_cents,
-        )
-        for r in rows
-    ]
+    # The select's columns are SummaryRow's fields, in order.
+    return [SummaryRow._make(row) for row in session.execute(_SUMMARY, {"limit": limit})]
