@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "check":
-        return check_consistency(Database(settings.database_url), fix=args.fix)
+        return check_consistency(
+            Database(settings.database_url, transaction_pooling=settings.transaction_pooling),
+            fix=args.fix,
+        )
     if settings.grpc_processes > 1 and settings.worker_index < 0:
         from .supervisor import supervise
 

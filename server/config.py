@@ -24,6 +24,7 @@ class Settings:
     socket_dir: Path
     shutdown_grace: float
     drain_seconds: float
+    transaction_pooling: bool  # a pooler in transaction mode (PgBouncer) is in between
     environment: str
     admin_token: str | None
     api_tokens: str
@@ -107,6 +108,8 @@ def load_settings() -> Settings:
         socket_dir=socket_dir(),
         shutdown_grace=_seconds("ORDERS_SHUTDOWN_GRACE", 10.0),
         drain_seconds=_seconds("ORDERS_DRAIN_SECONDS", 2.0),
+        transaction_pooling=os.environ.get("ORDERS_TRANSACTION_POOLING", "").strip().lower()
+        in ("1", "true", "yes", "on"),
         environment=os.environ.get("ORDERS_ENV", "development").strip().lower() or "development",
         admin_token=os.environ.get("ORDERS_ADMIN_TOKEN") or None,
         api_tokens=os.environ.get("ORDERS_API_TOKENS", ""),

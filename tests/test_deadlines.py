@@ -23,10 +23,16 @@ SLOW = {
 }
 
 
+# Without a pooler the bound is the connection's own statement_timeout, kept between calls;
+# behind one in transaction mode (ORDERS_TRANSACTION_POOLING) it is set for each transaction.
+POOLING = pytest.mark.parametrize("pooling", [False, True], ids=["own-connections", "pooler"])
+
+
+@POOLING
 def test_a_slow_statement_is_stopped_at_the_deadline(
-    databases: SqliteDatabases | PostgresDatabases,
+    databases: SqliteDatabases | PostgresDatabases, pooling: bool
 ) -> None:
-    database = Database(databases.create())
+    database = Database(databases.create(), transaction_pooling=pooling)
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded), deadline(0.3), database.read() as session:
         session.execute(text(SLOW[databases.kind]))
@@ -44,13 +50,13 @@ PAUSE = {
 }
 
 
+@POOLING
 def test_a_deadline_does_not_outlive_its_call(
-    databases: SqliteDatabases | PostgresDatabases,
+    databases: SqliteDatabases | PostgresDatabases, pooling: bool
 ) -> None:
-    # On PostgreSQL the bound is the connection's statement_timeout, kept between calls while
-    # deadlines look alike: one connection (pool of 1) serves a bounded call, then unbounded
-    # reads and writes, which must not inherit the 0.3 s.
-    database = Database(databases.create(), pool_size=1)
+    # One connection (pool of 1) serves a bounded call, then unbounded reads and writes,
+    # which must not inherit the 0.3 s.
+    database = Database(databases.create(), pool_size=1, transaction_pooling=pooling)
     with deadline(0.3), database.read() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
     with deadline(None), database.read() as session:
@@ -64,6 +70,12 @@ def test_a_deadline_does_not_outlive_its_call(
         assert session.execute(text("SELECT 1")).scalar() == 1
     with deadline(5), database.read() as session:
         session.execute(text(PAUSE[databases.kind]))
+    if databases.kind == "postgresql" and pooling:
+        # Behind a pooler the next transaction may be another client's: nothing may remain.
+        with deadline(0.3), database.read() as session:
+            session.execute(text("SELECT 1"))
+        with deadline(None), database.read() as session:
+            assert session.execute(text("SHOW statement_timeout")).scalar() == "0"
     database.dispose()
 
 

@@ -119,19 +119,27 @@ def _on_cursor_execute(
 class Database:
     """One engine per process; one connection per RPC, opened by `read()` or `write()`."""
 
-    def __init__(self, url: str, pool_size: int = 16) -> None:
+    def __init__(self, url: str, pool_size: int = 16, transaction_pooling: bool = False) -> None:
+        """`transaction_pooling`: a pooler in transaction mode (PgBouncer) sits between this
+        process and PostgreSQL, so a database connection keeps nothing from one transaction
+        to the next: no connection-level statement_timeout, no prepared statements."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.is_postgresql = self.url.get_backend_name() == "postgresql"
         if not (self.is_sqlite or self.is_postgresql):
             raise ValueError(f"unsupported database {self.url.get_backend_name()!r}")
+        # Connection-level settings only where the connection is this process's own.
+        self._session_state = self.is_postgresql and not transaction_pooling
         kwargs: dict[str, Any] = {}
         if self.is_postgresql:
+            connect_args: dict[str, Any] = {"connect_timeout": 5}
+            if transaction_pooling:
+                connect_args["prepare_threshold"] = None  # psycopg's automatic PREPARE
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=5,
-                connect_args={"connect_timeout": 5},
+                connect_args=connect_args,
             )
         else:
             # The driver's own transaction handling is switched off so that BEGIN is ours to send.
@@ -152,12 +160,14 @@ class Database:
         snapshot; BEGIN and COMMIT cost no round trip there)."""
         remaining = self._remaining_checked()
         with self._errors_mapped(), self.engine.connect() as connection:
-            if self.is_postgresql:
+            if self._session_state:
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
                 _bound(connection, remaining)
                 yield connection
             else:
                 with connection.begin():
+                    if self.is_postgresql and remaining is not None:
+                        _bound_transaction(connection, remaining)
                     yield connection
 
     @contextmanager
@@ -169,9 +179,11 @@ class Database:
             # Leaving the block by an exception closes the session, which rolls back.
             if self.is_sqlite:
                 session.connection(execution_options={"orders_write": True})
-            else:
+            elif self._session_state:
                 # Before the transaction's first statement, so before psycopg's BEGIN.
                 _bound(session.connection(), remaining)
+            elif remaining is not None:
+                _bound_transaction(session.connection(), remaining)
             yield session
             session.commit()
 
@@ -232,6 +244,16 @@ def _bound(connection: Connection, remaining: float | None) -> None:
         if not driver.closed:
             driver.autocommit = in_autocommit
     connection.info["orders_statement_timeout_ms"] = wanted
+
+
+def _bound_transaction(connection: Connection, remaining: float) -> None:
+    """_bound for a connection that keeps nothing between transactions (a pooler in
+    transaction mode): statement_timeout for this transaction only, on every call."""
+    connection.exec_driver_sql(
+        "SELECT set_config('statement_timeout', %(ms)s, true)",
+        {"ms": str(max(1, int(remaining * 1000)))},
+        execution_options={"orders_setup": True},
+    )
 
 
 def _ping_when_idle(engine: Engine) -> None:

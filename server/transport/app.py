@@ -125,7 +125,11 @@ class ShutdownGate(grpc.ServerInterceptor):
 class OrdersServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.database = Database(settings.database_url, pool_size=settings.grpc_workers)
+        self.database = Database(
+            settings.database_url,
+            pool_size=settings.grpc_workers,
+            transaction_pooling=settings.transaction_pooling,
+        )
         event.listen(self.database.engine, "checkout", lambda *_: DB_CONNECTIONS_IN_USE.inc())
         event.listen(self.database.engine, "checkin", lambda *_: DB_CONNECTIONS_IN_USE.dec())
         self.book = book = OrderBook(
