@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,21 +63,53 @@ Phase = pb.SeedResponse.Phase
 
 
 # --------------------------------------------------------------------------------------------
-# Databases: one fresh database per server, removed at the end of the session.
+# Databases: one fresh database per server, removed at the end of the session. Each is a copy
+# of a template migrated once a session by `python -m server migrate` (what every server start
+# would otherwise run again, a second or more each time): the same schema, at no cost.
+
+
+def migrate_database(url: str) -> None:
+    """`python -m server migrate` on the database at `url`, as scripts/run does."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_SERVER_ENV_PREFIXES) and k not in _SERVER_ENV_NAMES
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "migrate"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise ServerStartError(
+            f"`python -m server migrate` exited {done.returncode}\n{done.stdout}{done.stderr}"
+        )
 
 
 class SqliteDatabases:
-    """Fresh SQLite files in a temporary folder."""
+    """Fresh SQLite files in a temporary folder, each a copy of a migrated template."""
 
     kind = "sqlite"
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._count = 0
+        self._template: Path | None = None
 
     def create(self) -> str:
+        if self._template is None:
+            template = self._directory / "template.sqlite3"
+            migrate_database(f"sqlite:///{template}")
+            self._template = template
         self._count += 1
         path = self._directory / f"orders-{self._count}.sqlite3"
+        # The backup API copies a WAL-mode database whole, its mode included.
+        with closing(sqlite3.connect(self._template)) as source:
+            with closing(sqlite3.connect(path)) as copy:
+                source.backup(copy)
         return f"sqlite:///{path}"
 
     def close(self) -> None:
@@ -89,7 +122,8 @@ def _libpq_conninfo(url: str) -> str:
 
 class PostgresDatabases:
     """Fresh databases on one PostgreSQL server, named orders_test_<random>_<n>, dropped at the
-    end: two runs (or two servers of one run) never see each other's rows."""
+    end: two runs (or two servers of one run) never see each other's rows. Each is created from
+    a migrated template database (`CREATE DATABASE ... TEMPLATE`)."""
 
     kind = "postgresql"
 
@@ -97,6 +131,7 @@ class PostgresDatabases:
         self._admin_url = admin_url
         self._prefix = f"orders_test_{secrets.token_hex(4)}"
         self._created: list[str] = []
+        self._template: str | None = None
 
     def check(self) -> None:
         """Raises when the server cannot be reached or refuses us."""
@@ -107,10 +142,24 @@ class PostgresDatabases:
         return psycopg.connect(_libpq_conninfo(self._admin_url), autocommit=True, connect_timeout=5)
 
     def create(self) -> str:
-        name = f"{self._prefix}_{len(self._created) + 1}"
+        if self._template is None:
+            template = f"{self._prefix}_template"
+            with self._admin() as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(template)))
+            self._created.append(template)
+            migrate_database(self._url(template))
+            self._template = template
+        name = f"{self._prefix}_{len(self._created)}"
         with self._admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(self._template)
+                )
+            )
         self._created.append(name)
+        return self._url(name)
+
+    def _url(self, name: str) -> str:
         return sa.make_url(self._admin_url).set(database=name).render_as_string(hide_password=False)
 
     def drop(self, url: str) -> None:
@@ -232,11 +281,21 @@ class ServerStartError(Exception):
 
 
 class OrdersServer:
-    """`python -m server migrate` then `python -m server serve`, healthy, with a stub to call."""
+    """`python -m server migrate` (unless the database is known to be migrated) then
+    `python -m server serve`, healthy, with a stub to call."""
 
-    def __init__(self, database_url: str, env: dict[str, str], log_path: Path, name: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        env: dict[str, str],
+        log_path: Path,
+        name: str,
+        *,
+        migrate: bool = True,
+    ) -> None:
         self.database_url = database_url
         self.name = name
+        self.migrate = migrate
         self.log_path = log_path
         self._extra_env = env
         self.port = 0
@@ -273,7 +332,7 @@ class OrdersServer:
     def start(self) -> None:
         for attempt in range(3):
             self.port = free_port()
-            if attempt == 0:
+            if attempt == 0 and self.migrate:
                 self._migrate()
             try:
                 self._serve()
@@ -417,7 +476,8 @@ class ServerFactory:
     def start(self, name: str = "server", env: dict[str, str] | None = None) -> OrdersServer:
         url = self.databases.create()
         label = f"{self.kind}-{name}-{len(self._servers) + 1}"
-        server = OrdersServer(url, env or {}, self._log_dir / f"{label}.log", label)
+        # Its database is a copy of a migrated template.
+        server = OrdersServer(url, env or {}, self._log_dir / f"{label}.log", label, migrate=False)
         self._servers.append(server)
         ALL_SERVERS.append(server)
         try:
