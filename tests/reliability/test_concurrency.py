@@ -258,7 +258,8 @@ def test_concurrent_seeds_never_collide_and_a_third_is_refused(
 ) -> None:
     # One process: ORDERS_MAX_CONCURRENT_SEEDS is counted per server process.
     server = start_server(ORDERS_GRPC_PROCESSES="1", ORDERS_MAX_CONCURRENT_SEEDS="2")
-    request = long_seed(server, backend, seconds=1.0)
+    # Long enough to be running when the third arrives: all three start at one barrier.
+    request = long_seed(server, backend, seconds=0.5)
     before = table_counts(server.database_url)
     stubs = _stubs(server, 4)
     barrier = threading.Barrier(4)

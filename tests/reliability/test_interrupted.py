@@ -1,7 +1,8 @@
 """Work interrupted half-way (issue 5, point 7), on SQLite and PostgreSQL.
 
 - A REST client that drops its connection in the middle of a seed's stream, through Envoy:
-  none of the seed's rows remain, and the server takes the next seed.
+  none of the seed's rows remain, and the server takes the next seed (PostgreSQL only: the
+  database's part is that of a cancelled call, tested on both in tests/test_seed.py).
 - The server SIGKILLed in the middle of a seed (every process of it, supervisor and workers):
   none of its rows remain, and a server started again on the same database serves it,
   consistent.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import figures
 import grpc
+import sqlalchemy as sa
 from gateway_stack import Gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
@@ -44,6 +46,7 @@ from invariants import assert_invariants
 from load import Load, grpc_outcome
 from orders.v1 import orders_pb2 as pb
 from processes import kill_tree
+from sqlalchemy.pool import NullPool
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrdersService"].full_name
 
@@ -54,11 +57,13 @@ def _writing(line: dict) -> bool:
 
 
 def test_rest_client_dropping_the_seed_stream_leaves_none_of_its_rows(
-    server_factory: ServerFactory,
-    start_gateway: Callable[[OrdersServer], Gateway],
-    backend: str,
+    postgres_servers: ServerFactory, start_gateway: Callable[[OrdersServer], Gateway]
 ) -> None:
-    server = server_factory.start("rest-drop")
+    # On PostgreSQL only: what this adds to tests/test_seed.py (a gRPC client cancelling a seed,
+    # on both databases, down to the rollback) is Envoy's side, turning a dropped HTTP/1.1
+    # client into a cancelled call, and that does not depend on the database.
+    backend = "postgresql"
+    server = postgres_servers.start("rest-drop")
     gateway = start_gateway(server)
     request = long_seed(server, backend, seconds=6.0)
     before = table_counts(server.database_url)
@@ -141,7 +146,9 @@ def test_server_killed_mid_seed_leaves_none_of_its_rows(
     # PostgreSQL rolls the dead connection's transaction back; SQLite's next opener does.
     wait_until_no_writer(server.database_url, timeout=30)
     assert table_counts(server.database_url) == before, "a killed seed left rows behind"
-    again = OrdersServer(server.database_url, {}, log_dir / f"{server.name}-again.log", "again")
+    again = OrdersServer(
+        server.database_url, {}, log_dir / f"{server.name}-again.log", "again", migrate=False
+    )
     again.start()
     try:
         assert again.stub.GetCustomer(pb.GetCustomerRequest(id=kept.id)).email == kept.email
@@ -157,7 +164,7 @@ def test_server_killed_mid_seed_leaves_none_of_its_rows(
     )
 
 
-DRAIN = 1.0  # ORDERS_DRAIN_SECONDS of the SIGTERM test
+DRAIN = 1.5  # ORDERS_DRAIN_SECONDS of the SIGTERM test
 
 
 def _health(server: OrdersServer) -> str:
@@ -204,11 +211,12 @@ def test_sigterm_under_load_drains_then_refuses_as_unavailable(
     in_flight = [c for c in calls if c.started < signalled - 0.05 and c.ended > signalled]
     before_signal = [c for c in calls if c.started < signalled - 0.05]
     failed_before = [c for c in before_signal if not c.ok]
-    # ...while it keeps serving through the drain (the first 0.2 s of margin: the signal is
-    # handled within the server's 0.2 s poll)...
-    draining = [c for c in calls if signalled + 0.25 <= c.started <= signalled + DRAIN - 0.1]
+    # ...while it keeps serving through the drain. Margins: the signal is handled within the
+    # server's 0.2 s poll; a call is admitted when a worker thread takes it up, which on a busy
+    # server can be a few hundred ms after the client sent it.
+    draining = [c for c in calls if signalled + 0.25 <= c.started <= signalled + DRAIN / 2]
     # ...then refuses every new call as UNAVAILABLE, which a client retries, never CANCELLED.
-    stopping = [c for c in calls if signalled + DRAIN - 0.1 < c.started <= stopped]
+    stopping = [c for c in calls if signalled + DRAIN / 2 < c.started <= stopped]
     after = [c for c in calls if c.started > stopped]
     figures.record(
         f"sigterm-under-load ({backend})",
@@ -232,12 +240,18 @@ def test_sigterm_under_load_drains_then_refuses_as_unavailable(
     assert all(c.seconds < 5 for c in after), "a call to a stopped server must fail at once"
     unexpected = [c for c in calls if c.outcome not in ("OK", "UNAVAILABLE")]
     assert not unexpected, unexpected[:5]
+    # Every order acknowledged is there, whole; the server is gone, so its database tells.
     created = {c.value for c in calls if c.ok and c.worker.startswith("writer")}
-    again = OrdersServer(server.database_url, {}, server.log_path, f"{server.name}-again")
-    again.start()
+    engine = sa.create_engine(server.database_url, poolclass=NullPool)
     try:
-        for order_id in sorted(created)[-50:]:
-            assert again.stub.GetOrder(pb.GetOrderRequest(id=order_id)).total_cents == 5
-        assert_invariants(again, customers_seen=[customer.id])
+        with engine.connect() as conn:
+            stored = dict(
+                conn.execute(
+                    sa.text("SELECT id, total_cents FROM orders WHERE customer_id = :c"),
+                    {"c": customer.id},
+                ).all()
+            )
     finally:
-        again.stop()
+        engine.dispose()
+    assert {i: stored.get(i) for i in created} == dict.fromkeys(created, 5)
+    assert_invariants(server, customers_seen=[customer.id], use_api=False)

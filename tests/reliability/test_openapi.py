@@ -2,7 +2,7 @@
 never stale, and true: schemathesis fuzzes every route through Envoy into a server on
 PostgreSQL, and no answer is a 5xx or strays from the document (issue 5, point 4).
 
-The bounded run tries up to 25 generated cases per operation besides schemathesis' coverage and
+The bounded run tries up to 10 generated cases per operation besides schemathesis' coverage and
 stateful phases (a fixed seed: the same cases every run); with ORDERS_RELIABILITY_LONG=1
 (scripts/reliability) or ORDERS_FUZZ_REST_SECONDS it fuzzes for that long instead (300 s). The
 number of cases tried is a figure of the run (docs/reliability.md).
@@ -126,7 +126,7 @@ def test_schemathesis_through_envoy_on_postgresql(
     # Bounded by size (so a loaded machine runs the same cases, only slower), or in the long
     # run by time.
     seconds = os.environ.get("ORDERS_FUZZ_REST_SECONDS") or figures.scaled(None, 300)
-    examples = None if seconds else 25
+    examples = None if seconds else 10
     seed = None if figures.LONG else 20261126
     result = _run_schemathesis(
         gateway.config.rest_url,
