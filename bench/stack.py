@@ -141,6 +141,8 @@ def server_env(database_url: str, port: int, extra: dict[str, str] | None = None
         ORDERS_GRPC_HOST="127.0.0.1",
         ORDERS_GRPC_PORT=str(port),
         ORDERS_LOG_LEVEL="WARNING",
+        # Each server is stopped once its phase is over: no balancer to drain away from.
+        ORDERS_DRAIN_SECONDS="0",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra or {})
