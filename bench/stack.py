@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,32 +443,124 @@ class Gateway:
 # wrk
 
 
-def ensure_wrk(install: bool) -> str | None:
-    """The path of wrk, installed from Debian's package when missing and `install` is true."""
-    found = shutil.which("wrk")
+def ensure_tool(tool: str, package: str, install: bool) -> str | None:
+    """The path of `tool`, installed from Debian's `package` when missing and `install`."""
+    found = shutil.which(tool)
     if found or not install:
         return found
     if not shutil.which("apt-get"):
-        say("wrk is missing and there is no apt-get to install it")
+        say(f"{tool} is missing and there is no apt-get to install it")
         return None
-    say("wrk is missing: apt-get install wrk")
+    say(f"{tool} is missing: apt-get install {package}")
     sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
     if sudo is None:
-        say("wrk is missing and this user cannot run apt-get")
+        say(f"{tool} is missing and this user cannot run apt-get")
         return None
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for command in (
-        [*sudo, "apt-get", "install", "-y", "-qq", "wrk"],
+        [*sudo, "apt-get", "install", "-y", "-qq", package],
         [*sudo, "apt-get", "update", "-qq"],
-        [*sudo, "apt-get", "install", "-y", "-qq", "wrk"],
+        [*sudo, "apt-get", "install", "-y", "-qq", package],
     ):
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             continue
-        if command[-1] == "wrk" and done.returncode == 0:
+        if command[-1] == package and done.returncode == 0:
             break
-    return shutil.which("wrk")
+    return shutil.which(tool)
+
+
+def ensure_wrk(install: bool) -> str | None:
+    return ensure_tool("wrk", "wrk", install)
+
+
+def ensure_h2load(install: bool) -> str | None:
+    return ensure_tool("h2load", "nghttp2-client", install)
+
+
+@dataclass
+class H2loadResult:
+    """One h2load run of a unary gRPC call (HTTP/2 POSTs of one framed message)."""
+
+    requests_per_second: float
+    requests: int
+    errors: int  # failed requests + non-2xx responses (grpc-status is counted by the server)
+    mean_ms: float
+    cpu_seconds: float
+    duration: float
+    connections: int
+    output: str
+
+
+def run_h2load(
+    h2load: str, address: str, method: str, message: bytes, connections: int, seconds: int
+) -> H2loadResult:
+    """`connections` HTTP/2 connections, one call in flight on each, for `seconds`: a load
+    client in C, which leaves the cores to the server (ours in Python costs ~0.3 ms a call)."""
+    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
+        body.write(b"\0" + len(message).to_bytes(4, "big") + message)  # one gRPC frame
+        body.flush()
+        started = time.monotonic()
+        before = os.times()
+        done = subprocess.run(
+            [
+                h2load,
+                "-D",
+                str(seconds),
+                "-c",
+                str(connections),
+                "-m",
+                "1",
+                "-d",
+                body.name,
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"http://{address}{method}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+        after = os.times()
+    out = done.stdout + done.stderr
+    rps = re.search(r"finished in [^,]+, ([\d.]+) req/s", out)
+    counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if done.returncode != 0 or not rps or not counts or not codes:
+        raise RuntimeError(f"h2load failed ({done.returncode}):\n{out}")
+    finished = int(counts.group(2))
+    errors = (finished - int(counts.group(3))) + sum(int(g) for g in codes.groups()[1:])
+    return H2loadResult(
+        requests_per_second=float(rps.group(1)),
+        requests=finished,
+        errors=errors,
+        mean_ms=_ms(mean.group(1)) if mean else float("nan"),
+        cpu_seconds=(after.children_user - before.children_user)
+        + (after.children_system - before.children_system),
+        duration=time.monotonic() - started,
+        connections=connections,
+        output=out,
+    )
+
+
+def grpc_failures(metrics_url: str) -> int:
+    """Calls of the service that ended with any status but OK or CANCELLED, from the
+    server's Prometheus counter (orders_grpc_calls_total, summed over its processes). h2load
+    cancels the calls in flight when its window ends: up to one per connection, CANCELLED."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    failed = 0.0
+    for line in text.splitlines():
+        if line.startswith("orders_grpc_calls_total{") and not (
+            'code="OK"' in line or 'code="CANCELLED"' in line
+        ):
+            failed += float(line.rsplit(" ", 1)[1])
+    return int(failed)
 
 
 @dataclass
