@@ -11,13 +11,23 @@ from sqlalchemy.orm import Session
 
 from ..storage import repository as repo
 from ..storage.database import Database
-from .errors import AlreadyExists, NotFound, ResourceExhausted
+from .errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from .lifecycle import Action, next_status, rollup_share
 from .paging import decode_token, encode_token, page_size
-from .records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
+from .records import (
+    Customer,
+    IdempotencyKey,
+    NewItem,
+    Order,
+    OrderFilter,
+    Page,
+    Status,
+    SummaryRow,
+)
 from .seeding import SeedRun, plan_seed
 from .validation import (
     MAX_EMAIL_LENGTH,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_NAME_LENGTH,
     Violations,
     order_total,
@@ -61,14 +71,24 @@ class OrderBook:
 
     # Customers
 
-    def create_customer(self, email: str, name: str) -> Customer:
+    def create_customer(
+        self, email: str, name: str, idempotency: IdempotencyKey | None = None
+    ) -> Customer:
         violations = Violations()
         violations.email("email", email)
         violations.text("name", name, MAX_NAME_LENGTH)
+        _check_key(idempotency, violations)
         violations.raise_if_any()
-        try:
+
+        def create() -> Customer:
             with self._db.write() as session:
-                return repo.insert_customer(session, email, name, self._clock())
+                now = self._clock()
+                customer = repo.insert_customer(session, email, name, now)
+                _record_key(session, idempotency, customer.id, now)
+                return customer
+
+        try:
+            return self._once(idempotency, create, self._customer_by_id)
         except repo.EmailTaken:
             raise AlreadyExists(
                 f"a customer with email {email!r} already exists (emails are case-insensitive)",
@@ -94,16 +114,70 @@ class OrderBook:
 
     # Orders
 
-    def create_order(self, customer_id: int, items: Sequence[NewItem]) -> Order:
+    def create_order(
+        self,
+        customer_id: int,
+        items: Sequence[NewItem],
+        idempotency: IdempotencyKey | None = None,
+    ) -> Order:
         violations = Violations()
         violations.positive_id("customer_id", customer_id)
         violations.items("items", items)
+        _check_key(idempotency, violations)
         violations.raise_if_any()
-        with self._db.write() as session:
-            customer = repo.get_customer(session, customer_id)
-            if customer is None:
-                raise _customer_not_found(customer_id)
-            return repo.insert_order(session, customer, items, order_total(items), self._clock())
+
+        def create() -> Order:
+            with self._db.write() as session:
+                customer = repo.get_customer(session, customer_id)
+                if customer is None:
+                    raise _customer_not_found(customer_id)
+                now = self._clock()
+                order = repo.insert_order(session, customer, items, order_total(items), now)
+                _record_key(session, idempotency, order.id, now)
+                return order
+
+        return self._once(idempotency, create, self.get_order)
+
+    def _once(
+        self,
+        idempotency: IdempotencyKey | None,
+        create: Callable[[], T],
+        load: Callable[[int], T],
+    ) -> T:
+        """Runs `create` unless its idempotency key was already used by a create that
+        committed: then answers with what that create made (`load` of its id), or refuses a
+        key reused for another request. The key is written in the create's own transaction,
+        so a create and its key commit, or roll back, together."""
+        if idempotency is None:
+            return create()
+        found = self._replay(idempotency, load)
+        if found is not None:
+            return found
+        try:
+            return create()
+        except (repo.KeyTaken, repo.EmailTaken):
+            # A create with the same key committed while this one ran (its key, or for a
+            # customer its email, stopped this one, which rolled back): answer with its result.
+            found = self._replay(idempotency, load)
+            if found is None:
+                raise
+            return found
+
+    def _replay(self, idempotency: IdempotencyKey, load: Callable[[int], T]) -> T | None:
+        with self._db.read() as connection:
+            record = repo.get_key(connection, idempotency.key)
+        if record is None:
+            return None
+        if (record.method, record.fingerprint) != (idempotency.method, idempotency.fingerprint):
+            raise FailedPrecondition(
+                f"idempotency key {idempotency.key!r} was already used with another request"
+                f" ({record.method}); use a new key for a new request",
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
+        return load(record.resource_id)
+
+    def _customer_by_id(self, customer_id: int) -> Customer:
+        return self.get_customer(customer_id)
 
     def get_order(self, order_id: int) -> Order:
         require_positive_id("id", order_id)
@@ -213,6 +287,26 @@ class OrderBook:
             running = list(self._running_seeds)
         for run in running:
             run.cancel(wait)
+
+
+def _check_key(idempotency: IdempotencyKey | None, violations: Violations) -> None:
+    if idempotency is None:
+        return
+    key = idempotency.key
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not all(" " < c <= "~" for c in key):
+        violations.add(
+            "idempotency-key",
+            f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters",
+        )
+
+
+def _record_key(
+    session: Session, idempotency: IdempotencyKey | None, resource_id: int, now: datetime
+) -> None:
+    if idempotency is not None:
+        repo.insert_key(
+            session, idempotency.key, idempotency.method, idempotency.fingerprint, resource_id, now
+        )
 
 
 def _page(found: list[T], size: int, filters: object, key: Callable[[T], int]) -> Page[T]:

@@ -9,6 +9,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 __all__ = [
     "Customer",
+    "IdempotencyKey",
     "Item",
     "NewItem",
     "Order",
@@ -75,6 +76,16 @@ class OrderFilter:
 class Page(Generic[T]):
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A create's idempotency key (the `idempotency-key` header), the create it came with and
+    a digest of that request."""
+
+    key: str
+    method: str
+    fingerprint: str
 
 
 class SummaryRow(NamedTuple):

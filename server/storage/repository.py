@@ -13,15 +13,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..domain.records import Customer, Item, NewItem, Order, OrderFilter, Status, SummaryRow
-from .schema import CustomerRow, CustomerTotalRow, OrderItemRow, OrderRow
+from .schema import CustomerRow, CustomerTotalRow, IdempotencyKeyRow, OrderItemRow, OrderRow
 
 __all__ = [
     "EmailTaken",
+    "KeyRecord",
+    "KeyTaken",
     "OrderState",
     "add_to_rollup",
     "get_customer",
+    "get_key",
     "get_order",
     "insert_customer",
+    "insert_key",
     "insert_order",
     "list_customers",
     "list_orders",
@@ -42,6 +46,47 @@ Reader = Connection | Session
 
 class EmailTaken(Exception):
     """The unique index on the email key refused the insert."""
+
+
+class KeyTaken(Exception):
+    """Another create committed the same idempotency key first."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    method: str
+    fingerprint: str
+    resource_id: int
+
+
+_GET_KEY = select(
+    IdempotencyKeyRow.method, IdempotencyKeyRow.fingerprint, IdempotencyKeyRow.resource_id
+).where(IdempotencyKeyRow.key == bindparam("key"))
+
+
+def get_key(session: Reader, key: str) -> KeyRecord | None:
+    row = session.execute(_GET_KEY, {"key": key}).first()
+    return None if row is None else KeyRecord(row.method, row.fingerprint, row.resource_id)
+
+
+def insert_key(
+    session: Session, key: str, method: str, fingerprint: str, resource_id: int, now: datetime
+) -> None:
+    """Records the key in the create's transaction; KeyTaken if another create has it (on
+    PostgreSQL the insert waits for that create's transaction to end first). The caller's
+    transaction must then roll back."""
+    try:
+        session.execute(
+            insert(IdempotencyKeyRow).values(
+                key=key,
+                method=method,
+                fingerprint=fingerprint,
+                resource_id=resource_id,
+                created_at=now,
+            )
+        )
+    except IntegrityError:
+        raise KeyTaken(key) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import grpc
@@ -10,11 +11,12 @@ from orders.v1 import orders_pb2_grpc
 
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
+from ..domain.records import IdempotencyKey
 from ..domain.seeding import Phase, Progress
 from ..domain.validation import Violations
 from ..observability import SEED_ROWS, SEED_ROWS_PER_SECOND
 from . import convert
-from .interceptor import request_id
+from .interceptor import metadata_value, request_id
 
 __all__ = ["OrdersServicer"]
 
@@ -30,6 +32,19 @@ def _count_seed(progress: Progress) -> None:
     SEED_ROWS_PER_SECOND.set(rows / max(progress.elapsed_seconds, 1e-6))
 
 
+def _idempotency(
+    context: grpc.ServicerContext,
+    method: str,
+    request: pb.CreateCustomerRequest | pb.CreateOrderRequest,
+) -> IdempotencyKey | None:
+    """The `idempotency-key` header (REST) or metadata (gRPC) of a create, if any."""
+    key = metadata_value(context, "idempotency-key")
+    if key is None:
+        return None
+    digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+    return IdempotencyKey(key, method, digest)
+
+
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def __init__(self, book: OrderBook) -> None:
         self._book = book
@@ -37,7 +52,9 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: grpc.ServicerContext
     ) -> pb.Customer:
-        customer = self._book.create_customer(request.email, request.name)
+        customer = self._book.create_customer(
+            request.email, request.name, _idempotency(context, "CreateCustomer", request)
+        )
         context.send_initial_metadata(_CREATED)
         return convert.customer_message(customer)
 
@@ -58,7 +75,11 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.ServicerContext
     ) -> pb.Order:
-        order = self._book.create_order(request.customer_id, convert.new_items(list(request.items)))
+        order = self._book.create_order(
+            request.customer_id,
+            convert.new_items(list(request.items)),
+            _idempotency(context, "CreateOrder", request),
+        )
         context.send_initial_metadata(_CREATED)
         return convert.order_message(order)
 
