@@ -57,7 +57,7 @@ STREAM_NOTE = (
 ERRORS = {
     "400": "INVALID_ARGUMENT (a bad field, unknown enum or query parameter, malformed JSON,"
     " path and body disagreeing) or FAILED_PRECONDITION (a transition the status does not"
-    " allow)",
+    " allow, an Idempotency-Key already used with another request)",
     "401": "UNAUTHENTICATED: no bearer token where one is required",
     "403": "PERMISSION_DENIED: a token without the right",
     "404": "NOT_FOUND: no such resource, route or method",
@@ -419,6 +419,24 @@ class Generator:
                         **self._field_doc(method.input_type, fld.name),
                     }
                 )
+        if method.name.startswith(CREATED_PREFIX):
+            parameters.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[!-~]+$",
+                    },
+                    "description": "Sent again with the same key and body, the create answers"
+                    " what the first one made and creates nothing; the same key with another"
+                    " body is a 400 (FAILED_PRECONDITION). Envoy retries such a write when its"
+                    " connection is cut.",
+                }
+            )
         operation: dict[str, Any] = {
             "operationId": method.name,
             "tags": [service],
