@@ -88,7 +88,7 @@ class OrderBook:
                 return customer
 
         try:
-            return self._once(idempotency, create, self._customer_by_id)
+            return self._once(idempotency, create, self.get_customer)
         except repo.EmailTaken:
             raise AlreadyExists(
                 f"a customer with email {email!r} already exists (emails are case-insensitive)",
@@ -175,9 +175,6 @@ class OrderBook:
                 reason="IDEMPOTENCY_KEY_REUSED",
             )
         return load(record.resource_id)
-
-    def _customer_by_id(self, customer_id: int) -> Customer:
-        return self.get_customer(customer_id)
 
     def get_order(self, order_id: int) -> Order:
         require_positive_id("id", order_id)
