@@ -493,6 +493,19 @@ class H2loadResult:
     output: str
 
 
+def _run_tool(args: list[str], timeout: float) -> tuple[str, int, float, float]:
+    """Runs a load tool to its end: (stdout + stderr, exit code, its CPU seconds, wall
+    seconds)."""
+    started = time.monotonic()
+    before = os.times()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return done.stdout + done.stderr, done.returncode, cpu, time.monotonic() - started
+
+
 def run_h2load(
     h2load: str, address: str, method: str, message: bytes, connections: int, seconds: int
 ) -> H2loadResult:
@@ -501,9 +514,7 @@ def run_h2load(
     with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
         body.write(b"\0" + len(message).to_bytes(4, "big") + message)  # one gRPC frame
         body.flush()
-        started = time.monotonic()
-        before = os.times()
-        done = subprocess.run(
+        out, returncode, cpu, duration = _run_tool(
             [
                 h2load,
                 "-D",
@@ -520,18 +531,14 @@ def run_h2load(
                 "te: trailers",
                 f"http://{address}{method}",
             ],
-            capture_output=True,
-            text=True,
             timeout=seconds + 60,
         )
-        after = os.times()
-    out = done.stdout + done.stderr
     rps = re.search(r"finished in [^,]+, ([\d.]+) req/s", out)
     counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
-    if done.returncode != 0 or not rps or not counts or not codes:
-        raise RuntimeError(f"h2load failed ({done.returncode}):\n{out}")
+    if returncode != 0 or not rps or not counts or not codes:
+        raise RuntimeError(f"h2load failed ({returncode}):\n{out}")
     finished = int(counts.group(2))
     errors = (finished - int(counts.group(3))) + sum(int(g) for g in codes.groups()[1:])
     return H2loadResult(
@@ -539,9 +546,8 @@ def run_h2load(
         requests=finished,
         errors=errors,
         mean_ms=_ms(mean.group(1)) if mean else float("nan"),
-        cpu_seconds=(after.children_user - before.children_user)
-        + (after.children_system - before.children_system),
-        duration=time.monotonic() - started,
+        cpu_seconds=cpu,
+        duration=duration,
         connections=connections,
         output=out,
     )
@@ -586,9 +592,7 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(wrk: str, url: str, threads: int, connections: int, seconds: int) -> WrkResult:
-    started = time.monotonic()
-    before = os.times()
-    done = subprocess.run(
+    out, returncode, cpu, duration = _run_tool(
         [
             wrk,
             f"-t{threads}",
@@ -599,12 +603,8 @@ def run_wrk(wrk: str, url: str, threads: int, connections: int, seconds: int) ->
             "5s",
             url,
         ],
-        capture_output=True,
-        text=True,
         timeout=seconds + 60,
     )
-    after = os.times()
-    out = done.stdout + done.stderr
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
@@ -616,17 +616,16 @@ def run_wrk(wrk: str, url: str, threads: int, connections: int, seconds: int) ->
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         errors += int(non2xx.group(1))
-    if done.returncode != 0 or not rps:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{out}")
+    if returncode != 0 or not rps:
+        raise RuntimeError(f"wrk failed ({returncode}):\n{out}")
     return WrkResult(
         requests_per_second=float(rps.group(1)),
         requests=int(total.group(1)) if total else 0,
         errors=errors,
         p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
         p99_ms=_ms(p99.group(1)) if p99 else float("nan"),
-        cpu_seconds=(after.children_user - before.children_user)
-        + (after.children_system - before.children_system),
-        duration=time.monotonic() - started,
+        cpu_seconds=cpu,
+        duration=duration,
         output=out,
     )
 
