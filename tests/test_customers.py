@@ -28,7 +28,7 @@ def test_create_customer_returns_the_stored_customer_with_201(stub) -> None:
     assert customer.email == email, "the email is stored as given, case included"
     assert customer.name == "Ada Lovelace"
     assert customer.created_at.seconds > 0
-    assert ("x-http-code", "201") in tuple(call.initial_metadata())
+    assert ("x-http-code", "201") in tuple(call.trailing_metadata())
 
 
 def test_get_customer_returns_what_create_stored(stub) -> None:

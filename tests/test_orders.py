@@ -55,7 +55,7 @@ def test_new_order_is_draft_with_total_computed_from_items(stub) -> None:
     order, call = stub.CreateOrder.with_call(
         pb.CreateOrderRequest(customer_id=customer.id, items=lines)
     )
-    assert ("x-http-code", "201") in tuple(call.initial_metadata())
+    assert ("x-http-code", "201") in tuple(call.trailing_metadata())
     assert order.id > 0
     assert order.status == Status.DRAFT and not order.is_archived
     assert order.customer_id == customer.id

@@ -89,6 +89,11 @@ class _Call:
         )
 
 
+def _add_trailer(context: grpc.ServicerContext, trailer: tuple[tuple[str, str], ...]) -> None:
+    """Adds to what the handler put in the trailing metadata (a create's x-http-code)."""
+    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + trailer)
+
+
 def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
     # context.abort() raises a bare Exception after setting the code: let it through.
     return _code_set(context) and type(error) is Exception
@@ -124,7 +129,7 @@ def _wrap_unary(
                 if _is_abort(error, context):
                     raise
                 call.fail(error, count)
-            context.set_trailing_metadata(call.trailer(count))
+            _add_trailer(context, call.trailer(count))
             return response
 
     return handle
@@ -145,7 +150,7 @@ def _wrap_stream(
                 if _is_abort(error, context):
                     raise
                 call.fail(error, count)
-            context.set_trailing_metadata(call.trailer(count))
+            _add_trailer(context, call.trailer(count))
 
     return handle
 

@@ -35,7 +35,7 @@ def test_python_client_through_envoy(channel: grpc.Channel) -> None:
     )
     assert customer.id > 0 and customer.email == email
     # The status rewrite is for REST callers only: native callers keep the metadata.
-    assert ("x-http-code", "201") in call.initial_metadata()
+    assert ("x-http-code", "201") in call.trailing_metadata()
     assert stub.GetCustomer(pb.GetCustomerRequest(id=customer.id), timeout=10) == customer
 
     order = stub.CreateOrder(

@@ -23,10 +23,11 @@ replica must take traffic again once it is back.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -154,20 +155,38 @@ def _rest_load(replicas: Replicas, customer_id: int, order_ids: list[int]) -> Lo
             None,
         )
 
-    def writer(n: int) -> tuple[str, str, object]:
-        key = {"Idempotency-Key": f"replica-test-{customer_id}-{n}"}
-        body = {"customer_id": str(customer_id), "items": [item]}
-        reply = rest.post("/api/orders/", body, headers=key)
-        if reply.status != 201:
-            return f"HTTP {reply.status}", reply.body[:200].decode("utf-8", "replace"), None
-        order_id = reply.json()["id"]
-        paid = rest.post(f"/api/orders/{order_id}/pay/", headers={"Idempotency-Key": f"pay-{n}"})
-        if paid.status != 200:
-            return f"HTTP {paid.status} (pay)", paid.body[:200].decode("utf-8", "replace"), None
-        return "OK", "", int(order_id)
+    def writer(name: str) -> Callable[[int], tuple[str, str, object]]:
+        def write(n: int) -> tuple[str, str, object]:
+            key = {"Idempotency-Key": f"replica-test-{customer_id}-{name}-{n}"}
+            body = {"customer_id": str(customer_id), "items": [item]}
+            reply = rest.post("/api/orders/", body, headers=key)
+            if reply.status != 201:
+                return f"HTTP {reply.status}", reply.body[:200].decode("utf-8", "replace"), None
+            order_id = reply.json()["id"]
+            paid = rest.post(
+                f"/api/orders/{order_id}/pay/", headers={"Idempotency-Key": f"pay-{name}-{n}"}
+            )
+            if paid.status != 200:
+                return f"HTTP {paid.status} (pay)", paid.body[:200].decode("utf-8", "replace"), None
+            return "OK", "", int(order_id)
 
-    workers = {"reader-1": reader, "reader-2": reader, "writer": writer}
+        return write
+
+    # More callers than Envoy's default of 3 retries at once: a lost replica has about half of
+    # them in flight, and each must be retried.
+    workers = {
+        **{f"reader-{i}": reader for i in range(1, 5)},
+        **{f"writer-{i}": writer(f"writer-{i}") for i in range(1, 3)},
+    }
     return Load(workers, max_seconds=120, pause=0.005)
+
+
+def _envoy_failures(replicas: Replicas) -> list[str]:
+    """Envoy's access log lines of the requests it answered with a 5xx (upstream, attempts)."""
+    path = replicas.envoy.log_path
+    lines = path.read_text(errors="replace").splitlines() if path else []
+    failed = re.compile(r'"status":\s*"?5\d\d')
+    return [line for line in lines if failed.search(line)][:10]
 
 
 def _calls_logged(server: OrdersServer, since: int) -> int:
@@ -221,7 +240,10 @@ def test_a_replica_lost_under_rest_load_fails_no_request_and_rejoins(replicas: R
         figures.record(
             f"replica-{how}",
             requests_while_down=len(during),
-            failed=len([c for c in failures if lost <= c.started <= restarted + rejoined]),
+            # In flight when the replica went, or started before it was back in rotation.
+            failed=len(
+                [c for c in failures if lost <= c.ended and c.started <= restarted + rejoined]
+            ),
             rejoined_s=round(rejoined, 2),
         )
         assert during, f"{how}: no request was made while the replica was down"
@@ -234,8 +256,18 @@ def test_a_replica_lost_under_rest_load_fails_no_request_and_rejoins(replicas: R
         requests=len(calls),
         failed=len(failures),
         envoy_retries=replicas.envoy_stat("cluster.orders_grpc.upstream_rq_retry"),
+        # Retries Envoy refused: more at once than its circuit breaker allows, or a request
+        # out of tries. Either is a failed request.
+        retry_overflow=replicas.envoy_stat("cluster.orders_grpc.upstream_rq_retry_overflow"),
+        retries_exhausted=replicas.envoy_stat(
+            "cluster.orders_grpc.upstream_rq_retry_limit_exceeded"
+        ),
     )
-    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
+    assert not failures, (
+        f"{len(failures)} failed requests, e.g. {failures[:5]}; phases (how, lost, restarted,"
+        f" rejoined after): {[(p[0], p[2], p[4], p[5]) for p in phases]}; Envoy's failed"
+        f" requests: {_envoy_failures(replicas)}"
+    )
     # Retried creates made no second order: one order per create the writer saw succeed.
     created = [c.value for c in calls if c.ok and c.value]
     made = [o.id for o in list_all_orders(first.stub, customer_id=customer.id)]
