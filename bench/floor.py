@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+
+from server.domain.seeding import seed_email
 
 from .rows import customer_rows, item_rows, order_rows
 from .stack import libpq, pid_cpu
@@ -27,6 +30,7 @@ class FloorSeeder:
     def __init__(self, database_url: str) -> None:
         self.conn = psycopg.connect(libpq(database_url), connect_timeout=5)
         self.email_key = has_email_key(self.conn)
+        self.totals_email = has_column(self.conn, "customer_totals", "email")
         self.conn.commit()
         self.next_customer = 1
         self.next_order = 1
@@ -65,10 +69,15 @@ class FloorSeeder:
                 ):
                     copy.write_row(row)
             statements += 1
-            with cur.copy(
-                "COPY customer_totals (customer_id, order_count, total_cents) FROM STDIN"
-            ) as copy:
-                for row in zip(range(c0, c0 + customers), paid_count, paid_total, strict=True):
+            totals = "customer_id, order_count, total_cents" + (
+                ", email" if self.totals_email else ""
+            )
+            with cur.copy(f"COPY customer_totals ({totals}) FROM STDIN") as copy:
+                ids = range(c0, c0 + customers)
+                columns: list[Iterable[Any]] = [ids, paid_count, paid_total]
+                if self.totals_email:
+                    columns.append(map(seed_email, ids))
+                for row in zip(*columns, strict=True):
                     copy.write_row(row)
             statements += 1
             with cur.copy(
@@ -116,22 +125,29 @@ SUMMARY_AGGREGATE = (
     " ORDER BY total DESC, o.customer_id LIMIT %s"
 )
 
-# The service's summary (server/storage/repository.py): the rollup, through its ranking index.
+# The service's summary (server/storage/repository.py): the rollup, through its ranking index,
+# with the emails it carries (migration 0004).
 SUMMARY_ROLLUP = (
-    "SELECT ct.customer_id, c.email, ct.order_count, ct.total_cents"
-    " FROM customer_totals ct JOIN customers c ON c.id = ct.customer_id"
-    " WHERE ct.order_count > 0 ORDER BY ct.total_cents DESC, ct.customer_id LIMIT %s"
+    "SELECT customer_id, email, order_count, total_cents FROM customer_totals"
+    " WHERE order_count > 0 ORDER BY total_cents DESC, customer_id LIMIT %s"
 )
+
+
+def has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
+    """Whether the schema the floor loads into has this column (the floor follows the
+    migrations: it may run against a database of an older revision)."""
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = %s AND column_name = %s",
+        (table, column),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def has_email_key(conn: psycopg.Connection[Any]) -> bool:
     """Whether the schema keeps a lowercased search key beside each email (migration 0002 on)
     rather than searching lower(email)."""
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.columns"
-        " WHERE table_name = 'customers' AND column_name = 'email_key'"
-    ).fetchone()
-    return bool(row and row[0])
+    return has_column(conn, "customers", "email_key")
 
 
 def list_sql(

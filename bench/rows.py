@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from server.domain.seeding import item_values, order_state
+from server.domain.seeding import item_values, order_state, seed_email
 
 
 def customer_rows(
@@ -19,7 +19,7 @@ def customer_rows(
     """id, email[, email_key], name, created_at: the key column when the schema has one (the
     seeded emails are lowercase: each is its own key)."""
     for customer_id in range(first_id, first_id + count):
-        email = f"seed-{customer_id}@seed.invalid"
+        email = seed_email(customer_id)
         if email_key:
             yield (customer_id, email, email, f"Customer {customer_id}", stamp)
         else:

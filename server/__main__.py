@@ -57,9 +57,12 @@ def check_consistency(database: Database, fix: bool) -> int:
         for t in totals:
             print(f"order {t.order_id}: total_cents {t.stored}, items sum to {t.computed}")
         for r in rollups:
+            email = (
+                "" if r.stored_email == r.email else f", email {r.stored_email!r} for {r.email!r}"
+            )
             print(
                 f"customer {r.customer_id}: summary row ({r.stored_count}, {r.stored_total}), "
-                f"paid orders ({r.computed_count}, {r.computed_total})"
+                f"paid orders ({r.computed_count}, {r.computed_total}){email}"
             )
         if fix:
             consistency.repair(session, totals, rollups)

@@ -24,7 +24,16 @@ from .lifecycle import rollup_share
 from .records import Status
 from .validation import Violations
 
-__all__ = ["Phase", "Progress", "SeedPlan", "SeedRun", "item_values", "order_state", "plan_seed"]
+__all__ = [
+    "Phase",
+    "Progress",
+    "SeedPlan",
+    "SeedRun",
+    "item_values",
+    "order_state",
+    "plan_seed",
+    "seed_email",
+]
 
 MAX_CUSTOMERS = 100_000
 MAX_ORDERS_PER_CUSTOMER = 1_000
@@ -115,6 +124,12 @@ def _mix(a: int, b: int) -> int:
     h = (a * 0x9E3779B1 + b * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
     h ^= h >> 15
     return (h * 0x2C1B3C6D) & 0xFFFFFFFF
+
+
+def seed_email(customer_id: int) -> str:
+    """A seeded customer's email. Ids are unique across every writer, so are these; the
+    .invalid domain is refused to callers, so no real customer can take one."""
+    return f"seed-{customer_id}@seed.invalid"
 
 
 def item_values(order_id: int, index: int) -> tuple[str, int, int]:
@@ -238,8 +253,14 @@ class SeedRun:
                 )
                 loader.load(
                     "customer_totals",
-                    ("customer_id", "order_count", "total_cents"),
-                    zip(customer_ids, paid_count, paid_total, strict=True),
+                    ("customer_id", "order_count", "total_cents", "email"),
+                    zip(
+                        customer_ids,
+                        paid_count,
+                        paid_total,
+                        map(seed_email, customer_ids),
+                        strict=True,
+                    ),
                 )
                 self._phase = Phase.ITEMS
                 loader.load(
@@ -261,8 +282,7 @@ class SeedRun:
 
     def _customer_rows(self, ids: Sequence[int], stamp: Any) -> Iterator[tuple[Any, ...]]:
         for customer_id in ids:
-            # Ids are unique across every writer, so are these; .invalid is refused to callers.
-            email = f"seed-{customer_id}@seed.invalid"  # lowercase already: its own key
+            email = seed_email(customer_id)  # lowercase already: its own key
             yield (customer_id, email, email, f"Customer {customer_id}", stamp)
 
     def _order_rows(

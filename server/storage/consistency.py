@@ -1,5 +1,6 @@
-"""Recomputes what the service keeps derived (order totals, the summary rollup) from the rows
-it is derived from, and reports or repairs the difference."""
+"""Recomputes what the service keeps derived (order totals, the summary rollup and its copy of
+each customer's email) from the rows it is derived from, and reports or repairs the
+difference."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class RollupDrift:
     stored_total: int | None
     computed_count: int
     computed_total: int
+    stored_email: str | None  # the rollup's copy of the customer's email
+    email: str
 
 
 _ITEM_TOTALS = """
@@ -43,13 +46,15 @@ _PAID = """
 
 _ROLLUP = f"""
     SELECT c.id, t.order_count, t.total_cents,
-           COALESCE(p.n, 0) AS computed_count, COALESCE(p.total, 0) AS computed_total
+           COALESCE(p.n, 0) AS computed_count, COALESCE(p.total, 0) AS computed_total,
+           t.email, c.email
     FROM customers c
     LEFT JOIN customer_totals t ON t.customer_id = c.id
     LEFT JOIN ({_PAID}) p ON p.customer_id = c.id
     WHERE t.customer_id IS NULL
        OR t.order_count <> COALESCE(p.n, 0)
        OR t.total_cents <> COALESCE(p.total, 0)
+       OR t.email <> c.email
     ORDER BY c.id
 """
 
@@ -72,20 +77,25 @@ def repair(session: Session, totals: list[TotalDrift], rollups: list[RollupDrift
     if totals:
         rollups = find_rollup_drift(session)
     for r in rollups:
-        values = {"id": r.customer_id, "n": r.computed_count, "total": r.computed_total}
+        values = {
+            "id": r.customer_id,
+            "n": r.computed_count,
+            "total": r.computed_total,
+            "email": r.email,
+        }
         if r.stored_count is None:
             session.execute(
                 text(
-                    "INSERT INTO customer_totals (customer_id, order_count, total_cents) "
-                    "VALUES (:id, :n, :total)"
+                    "INSERT INTO customer_totals (customer_id, order_count, total_cents, email) "
+                    "VALUES (:id, :n, :total, :email)"
                 ),
                 values,
             )
         else:
             session.execute(
                 text(
-                    "UPDATE customer_totals SET order_count = :n, total_cents = :total "
-                    "WHERE customer_id = :id"
+                    "UPDATE customer_totals SET order_count = :n, total_cents = :total, "
+                    "email = :email WHERE customer_id = :id"
                 ),
                 values,
             )

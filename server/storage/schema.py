@@ -62,7 +62,7 @@ class CustomerTotalRow(Base):
     """Per-customer rollup of PAID, non-archived orders: what GetSummary reads.
 
     Kept exact in the same transaction as every write that changes it, so the summary is an
-    index walk rather than an aggregate over every order.
+    index walk rather than an aggregate over every order, and one that needs no join.
     """
 
     __tablename__ = "customer_totals"
@@ -72,6 +72,9 @@ class CustomerTotalRow(Base):
     )
     order_count: Mapped[int] = mapped_column(BigInteger, default=0)
     total_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The customer's email, copied at its create (emails never change): the summary reads
+    # this table alone (migration 0004).
+    email: Mapped[str] = mapped_column(String(254))
 
 
 class IdempotencyKeyRow(Base):

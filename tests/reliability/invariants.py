@@ -34,6 +34,12 @@ _QUERIES = {
     "summary rows without their customer": """
         SELECT t.customer_id FROM customer_totals t LEFT JOIN customers c ON c.id = t.customer_id
         WHERE c.id IS NULL""",
+    "summary rows whose email is not their customer's": """
+        SELECT t.customer_id FROM customer_totals t JOIN customers c ON c.id = t.customer_id
+        WHERE t.email <> c.email""",
+    "customers without a summary row": """
+        SELECT c.id FROM customers c LEFT JOIN customer_totals t ON t.customer_id = c.id
+        WHERE t.customer_id IS NULL""",
     "orders in no known status": """
         SELECT id FROM orders WHERE status NOT IN ('DRAFT', 'PAID', 'SHIPPED', 'CANCELLED')""",
 }
