@@ -8,10 +8,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent import futures
 from types import FrameType
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +22,7 @@ from ..domain.access import AccessPolicy, Right, parse_api_tokens
 from ..domain.book import OrderBook
 from ..observability import DB_CONNECTIONS_IN_USE, serve_metrics
 from ..storage.database import Database
-from .interceptor import CallInterceptor
+from .interceptor import CallInterceptor, ShutdownGate
 from .servicer import OrdersServicer
 
 __all__ = ["SERVICE_NAME", "OrdersServer"]
@@ -58,70 +56,6 @@ def _access_policy(settings: Settings) -> AccessPolicy:
     )
 
 
-class ShutdownGate(grpc.ServerInterceptor):
-    """Counts the service's calls in flight and, once closed, refuses new ones as UNAVAILABLE.
-
-    grpcio, once stopped, cancels a call that reaches it before the client has seen the
-    connection go (CANCELLED, which clients do not retry). Closing this gate first, and stopping
-    grpcio only when the calls in flight are done, answers such a call UNAVAILABLE instead: the
-    status that tells a client (and Envoy, for a read) to try again elsewhere. Health and
-    reflection pass through: health is what tells balancers the server is going.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._in_flight = 0
-        self._closed = False
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Waits until no call of the service is in flight; False if some still are."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._in_flight == 0, timeout=max(timeout, 0.0))
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
-            return handler
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._admit(handler.unary_unary), **kwargs)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._admit(handler.unary_stream), **kwargs)
-        return handler  # the service has no client-streaming method
-
-    def _admit(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
-        def admitted(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._in_flight += 1
-            if closed:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            # Called once the call is over, however it ends (a streamed response included);
-            # False when it is already over.
-            if not context.add_callback(self._done):
-                self._done()
-            return behavior(request, context)
-
-        return admitted
-
-    def _done(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            self._lock.notify_all()
-
-
 class OrdersServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -141,8 +75,9 @@ class OrdersServer:
         self.gate = ShutdownGate()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
-            # The gate first: a call it refuses at shutdown never reaches the service.
-            interceptors=[self.gate, CallInterceptor(_access_policy(settings), RIGHTS)],
+            # One interceptor: the gate, then access, logging and metrics, in a single wrap of
+            # the handler per call. A call the gate refuses at shutdown never reaches the rest.
+            interceptors=[CallInterceptor(_access_policy(settings), RIGHTS, self.gate)],
             # Several processes share the port (the kernel spreads connections over them);
             # a single one treats a port already in use as an error, not a second listener.
             options=[("grpc.so_reuseport", 1 if settings.grpc_processes > 1 else 0)],
