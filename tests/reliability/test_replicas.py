@@ -268,7 +268,7 @@ def test_a_replica_lost_under_rest_load_fails_no_request_and_rejoins(replicas: R
         f" rejoined after): {[(p[0], p[2], p[4], p[5]) for p in phases]}; Envoy's failed"
         f" requests: {_envoy_failures(replicas)}"
     )
-    # Retried creates made no second order: one order per create the writer saw succeed.
+    # Retried creates made no second order: one order per create the writers saw succeed.
     created = [c.value for c in calls if c.ok and c.value]
     made = [o.id for o in list_all_orders(first.stub, customer_id=customer.id)]
     assert sorted(set(made) - set(orders)) == sorted(created), (
