@@ -90,8 +90,7 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from server.config import Settings  # noqa: E402
-from server.domain.access import AccessPolicy, Right, parse_api_tokens  # noqa: E402
+from server.domain.access import AccessPolicy, Right  # noqa: E402
 from server.domain.book import OrderBook  # noqa: E402
 from server.domain.records import Customer, Order, OrderFilter, Page  # noqa: E402
 from server.domain.validation import Violations  # noqa: E402
@@ -103,7 +102,7 @@ from server.storage.database import (  # noqa: E402
     statements_counted,
 )
 from server.transport import convert  # noqa: E402
-from server.transport.app import RIGHTS  # noqa: E402
+from server.transport.app import RIGHTS, access_policy  # noqa: E402
 from server.transport.interceptor import STATEMENTS_TRAILER, request_id  # noqa: E402
 from server.transport.status import to_grpc_status, to_status_proto  # noqa: E402
 
@@ -115,15 +114,6 @@ PROBE_SEED_SHAPE = (5000, 5, 3)
 ROUNDS_HALF = 2  # rounds per cell = 2 * ROUNDS_HALF
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrdersService"].full_name
 T = TypeVar("T")
-
-
-def access_policy(settings: Settings) -> AccessPolicy:
-    """The policy the real server builds from the same settings."""
-    return AccessPolicy(
-        api_tokens=parse_api_tokens(settings.api_tokens),
-        admin_token=settings.admin_token,
-        is_production=settings.is_production,
-    )
 
 
 # --------------------------------------------------------------------------------------------
