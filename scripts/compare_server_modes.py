@@ -94,7 +94,7 @@ from server.domain.access import AccessPolicy, Right  # noqa: E402
 from server.domain.book import OrderBook  # noqa: E402
 from server.domain.records import Customer, Order, OrderFilter, Page  # noqa: E402
 from server.domain.validation import Violations  # noqa: E402
-from server.observability import CALL_SECONDS, CALLS, configure_logging  # noqa: E402
+from server.observability import configure_logging  # noqa: E402
 from server.storage.database import (  # noqa: E402
     Database,
     StatementCount,
@@ -103,7 +103,7 @@ from server.storage.database import (  # noqa: E402
 )
 from server.transport import convert  # noqa: E402
 from server.transport.app import RIGHTS, access_policy  # noqa: E402
-from server.transport.interceptor import STATEMENTS_TRAILER, request_id  # noqa: E402
+from server.transport.interceptor import STATEMENTS_TRAILER, record_call, request_id  # noqa: E402
 from server.transport.status import to_grpc_status, to_status_proto  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -155,25 +155,7 @@ class _AioCall:
         raise AssertionError("abort_with_status returned")
 
     def finish(self, count: StatementCount) -> None:
-        seconds = time.perf_counter() - self.started
-        CALLS.labels(self.method, self.code.name).inc()
-        CALL_SECONDS.labels(self.method).observe(seconds)
-        fields = {
-            "method": self.method,
-            "code": self.code.name,
-            "duration_ms": round(seconds * 1000, 2),
-            "statements": count.value,
-            "request_id": request_id.get(),
-        }
-        logging.getLogger("orders.calls").info(
-            "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
-            self.method,
-            self.code.name,
-            fields["duration_ms"],
-            count.value,
-            fields["request_id"] or "-",
-            extra=fields,
-        )
+        record_call(self.method, self.code, time.perf_counter() - self.started, count.value)
 
 
 class AioCallInterceptor(grpc.aio.ServerInterceptor):

@@ -26,7 +26,14 @@ from ..observability import CALL_SECONDS, CALLS
 from ..storage.database import StatementCount, deadline, statements_counted
 from .status import to_grpc_status, to_status_proto
 
-__all__ = ["STATEMENTS_TRAILER", "CallInterceptor", "ShutdownGate", "metadata_value", "request_id"]
+__all__ = [
+    "STATEMENTS_TRAILER",
+    "CallInterceptor",
+    "ShutdownGate",
+    "metadata_value",
+    "record_call",
+    "request_id",
+]
 
 STATEMENTS_TRAILER = "orders-sql-statements"
 
@@ -74,24 +81,30 @@ class _Call:
     def finish(self, count: StatementCount) -> None:
         if not _code_set(self.context) and not self.context.is_active():
             self.code = grpc.StatusCode.CANCELLED
-        seconds = time.perf_counter() - self.started
-        CALLS.labels(self.method, self.code.name).inc()
-        CALL_SECONDS.labels(self.method).observe(seconds)
-        fields = {
-            "method": self.method,
-            "code": self.code.name,
-            "duration_ms": round(seconds * 1000, 2),
-            "statements": count.value,
-            "request_id": request_id.get(),
-        }
-        log.info(
-            "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
-            *(fields[k] or "-" for k in ("method", "code")),
-            fields["duration_ms"],
-            count.value,
-            fields["request_id"] or "-",
-            extra=fields,
-        )
+        record_call(self.method, self.code, time.perf_counter() - self.started, count.value)
+
+
+def record_call(method: str, code: grpc.StatusCode, seconds: float, statements: int) -> None:
+    """A finished call's metrics and its log line (scripts/compare_server_modes.py's asyncio
+    interceptor records its calls with it too, so that both do the same work)."""
+    CALLS.labels(method, code.name).inc()
+    CALL_SECONDS.labels(method).observe(seconds)
+    fields = {
+        "method": method,
+        "code": code.name,
+        "duration_ms": round(seconds * 1000, 2),
+        "statements": statements,
+        "request_id": request_id.get(),
+    }
+    log.info(
+        "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
+        method,
+        code.name,
+        fields["duration_ms"],
+        statements,
+        fields["request_id"] or "-",
+        extra=fields,
+    )
 
 
 def _add_trailer(context: grpc.ServicerContext, trailer: tuple[tuple[str, str], ...]) -> None:
