@@ -68,8 +68,10 @@ class Envoy:
         log_path: Path | None = None,
         log_level: str | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        template: str | None = None,
     ) -> None:
         self.config = config
+        self.template = template  # envoy.yaml's text when None
         self.log_path = log_path
         self.log_level = log_level or os.environ.get("ORDERS_ENVOY_LOG_LEVEL", "warning")
         self._preexec_fn = preexec_fn
@@ -86,7 +88,7 @@ class Envoy:
             raise EnvoyError("envoy is already started")
         self._folder = tempfile.TemporaryDirectory(prefix="orders-envoy-")
         config_path = Path(self._folder.name) / "envoy.yaml"
-        config_path.write_text(render(self.config), encoding="utf-8")
+        config_path.write_text(render(self.config, self.template), encoding="utf-8")
         output: IO[bytes] | None = None
         if self.log_path is not None:
             self._log = output = open(self.log_path, "ab")

@@ -116,7 +116,7 @@ class SqliteDatabases:
         """The files live in pytest's temporary folder, which pytest cleans up."""
 
 
-def _libpq_conninfo(url: str) -> str:
+def libpq_conninfo(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -139,7 +139,7 @@ class PostgresDatabases:
             conn.execute("SELECT 1")
 
     def _admin(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(_libpq_conninfo(self._admin_url), autocommit=True, connect_timeout=5)
+        return psycopg.connect(libpq_conninfo(self._admin_url), autocommit=True, connect_timeout=5)
 
     def create(self) -> str:
         if self._template is None:
@@ -218,7 +218,7 @@ def database_has_writer(database_url: str) -> bool:
             return True
         finally:
             conn.close()
-    with psycopg.connect(_libpq_conninfo(database_url), autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(libpq_conninfo(database_url), autocommit=True, connect_timeout=5) as conn:
         busy = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid() AND state IS NOT NULL AND state <> 'idle'"

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 STATEMENTS_TRAILER = "orders-sql-statements"
+# Set by Envoy's router on every request it sends with a route timeout (REST routes: 60 s).
+EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 
 log = logging.getLogger("orders.calls")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -127,11 +129,25 @@ def _call_scope(
     call = _Call(method, context)
     with statements_counted() as count:
         try:
-            with deadline(context.time_remaining()):
+            with deadline(_time_allowed(context)):
                 yield call, count
         finally:
             call.finish(count)
             request_id.reset(token)
+
+
+def _time_allowed(context: grpc.ServicerContext) -> float | None:
+    """The call's remaining time: its gRPC deadline, or less when Envoy expects the request
+    to be over sooner. A REST call carries no grpc-timeout (unless its client sends one); Envoy
+    tells the server its route timeout in x-envoy-expected-rq-timeout-ms instead, and gives up
+    on the request then, so the server's work must stop then too."""
+    remaining = context.time_remaining()
+    expected = metadata_value(context, EXPECTED_TIMEOUT_HEADER)
+    if expected is not None and expected.isdigit() and int(expected) > 0:
+        envoy_seconds = int(expected) / 1000
+        if remaining is None or envoy_seconds < remaining:
+            return envoy_seconds
+    return remaining
 
 
 class ShutdownGate:

@@ -36,14 +36,15 @@ class Gateway:
         return RestClient("127.0.0.1", self.config.http_port)
 
 
-def start_envoy(upstream_port: int, log_path: Path) -> Envoy:
-    """An Envoy in front of 127.0.0.1:upstream_port, on free ports, ready."""
+def start_envoy(upstream_port: int, log_path: Path, template: str | None = None) -> Envoy:
+    """An Envoy in front of 127.0.0.1:upstream_port, on free ports, ready; rendered from
+    `template` (envoy.yaml's text, changed by a test) when given."""
     last: Exception | None = None
     for _ in range(3):
         config = GatewayConfig(
             http_port=free_port(), admin_port=free_port(), upstream_port=upstream_port
         )
-        envoy = Envoy(config, log_path=log_path, log_level="info")
+        envoy = Envoy(config, log_path=log_path, log_level="info", template=template)
         envoy.start()
         try:
             envoy.wait_ready(timeout=20)
