@@ -30,6 +30,7 @@ class Settings:
     api_tokens: str
     seed_max_rows: int
     max_concurrent_seeds: int
+    max_message_bytes: int  # the largest request message a call may send
     log_level: str
     log_format: str
     metrics_host: str
@@ -115,6 +116,8 @@ def load_settings() -> Settings:
         api_tokens=os.environ.get("ORDERS_API_TOKENS", ""),
         seed_max_rows=_int("ORDERS_SEED_MAX_ROWS", 5_000_000),
         max_concurrent_seeds=max(1, _int("ORDERS_MAX_CONCURRENT_SEEDS", 2)),
+        # Envoy's REST body cap: the largest valid request (an order of 1,000 items) is ~100 KB.
+        max_message_bytes=max(1024, _int("ORDERS_MAX_MESSAGE_BYTES", 1_048_576)),
         log_level=os.environ.get("ORDERS_LOG_LEVEL", "INFO").upper(),
         log_format=os.environ.get("ORDERS_LOG_FORMAT", "json").strip().lower(),
         metrics_host=os.environ.get("ORDERS_METRICS_HOST", "127.0.0.1"),

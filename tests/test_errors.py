@@ -180,6 +180,27 @@ def test_an_order_whose_total_overflows_int64_is_refused_and_not_stored(shared_s
     assert table_counts(shared_server.database_url) == before
 
 
+def test_a_request_over_the_message_cap_is_resource_exhausted_and_changes_nothing(
+    shared_server,
+) -> None:
+    # ORDERS_MAX_MESSAGE_BYTES, 1 MiB by default: the REST body cap, for native gRPC callers.
+    stub = shared_server.stub
+    before = table_counts(shared_server.database_url)
+    huge = pb.CreateCustomerRequest(email=unique_email("huge"), name="x" * (1 << 20))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateCustomer(huge)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+    assert "larger than max" in (err.value.details() or ""), err.value.details()
+    assert table_counts(shared_server.database_url) == before
+    # The largest order the contract allows fits well within it.
+    customer = new_customer(stub)
+    widest = pb.CreateOrderRequest(
+        customer_id=customer.id, items=[item("S" * 64, 1_000_000, 1_000)] * 1000
+    )
+    assert widest.ByteSize() < 200_000
+    assert len(stub.CreateOrder(widest).items) == 1000
+
+
 def test_a_refused_transition_changes_nothing(shared_server) -> None:
     stub = shared_server.stub
     customer = new_customer(stub)

@@ -82,7 +82,12 @@ class OrdersServer:
             interceptors=[CallInterceptor(access_policy(settings), RIGHTS, self.gate)],
             # Several processes share the port (the kernel spreads connections over them);
             # a single one treats a port already in use as an error, not a second listener.
-            options=[("grpc.so_reuseport", 1 if settings.grpc_processes > 1 else 0)],
+            # A larger request is RESOURCE_EXHAUSTED before it is read ("Received message
+            # larger than max").
+            options=[
+                ("grpc.so_reuseport", 1 if settings.grpc_processes > 1 else 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ],
         )
         orders_pb2_grpc.add_OrdersServiceServicer_to_server(OrdersServicer(book), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
