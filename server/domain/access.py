@@ -3,13 +3,16 @@
 With no API tokens configured every RPC but Seed is open (the local default). With tokens,
 every RPC needs one (`authorization: Bearer <token>`): a `read` token may read, a `write`
 token may also change orders and customers, the admin token may do everything, Seed
-included. Tokens are compared in constant time and never logged or echoed.
+included. Tokens are compared in constant time, as SHA-256 digests of a fixed length, so the
+time a check takes says nothing of a token's content or length; they are never logged or
+echoed (not even by the policy's repr).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
@@ -24,11 +27,25 @@ class Right(IntEnum):
     ADMIN = 3
 
 
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
-    api_tokens: tuple[tuple[bytes, Right], ...] = ()
-    admin_token: str | None = None
+    api_tokens: tuple[tuple[bytes, Right], ...] = field(default=(), repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     is_production: bool = False
+    # The configured tokens' digests, made once: each check digests only the presented token.
+    _digests: tuple[tuple[bytes, Right], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        digests = [(_digest(token), right) for token, right in self.api_tokens]
+        if self.admin_token is not None:
+            digests.append((_digest(self.admin_token.encode()), Right.ADMIN))
+        object.__setattr__(self, "_digests", tuple(digests))
 
     @property
     def open(self) -> bool:
@@ -59,14 +76,12 @@ class AccessPolicy:
             )
 
     def _right_of(self, presented: bytes) -> Right | None:
+        digest = _digest(presented)
         best: Right | None = None
-        # Every candidate is compared, so the time taken says nothing about which matched.
-        if self.admin_token is not None and hmac.compare_digest(
-            presented, self.admin_token.encode()
-        ):
-            best = Right.ADMIN
-        for token, right in self.api_tokens:
-            if hmac.compare_digest(presented, token) and (best is None or right > best):
+        # Every candidate is compared, digest against digest (always 32 bytes), so the time
+        # taken says nothing about which matched, nor about any token's content or length.
+        for candidate, right in self._digests:
+            if hmac.compare_digest(digest, candidate) and (best is None or right > best):
                 best = right
         return best
 
