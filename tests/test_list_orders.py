@@ -21,6 +21,7 @@ from harness import (
     seed_request,
     unique_email,
     wait_for,
+    with_statements,
 )
 from orders.v1 import orders_pb2 as pb
 
@@ -240,6 +241,32 @@ def test_page_size_above_500_is_capped_at_500(stub) -> None:
             pb.ListOrdersRequest(email="@seed.invalid", include_archived=True, page_size=size)
         )
         assert len(page.orders) == 500 and page.next_page_token, size
+
+
+def test_a_page_ends_after_whole_orders_once_it_holds_5000_items(stub) -> None:
+    # 500 orders of 1,000 items would be a 40 MB message: above a gRPC client's 4 MiB default
+    # and Envoy's transcoding buffer. A page holds whole orders only, at most 5,000 items.
+    customer = new_customer(stub)
+    wide = [item(f"W-{n:04d}", 1, 1) for n in range(1000)]
+    made = [new_order(stub, customer.id, wide).id for _ in range(7)]
+    made.append(new_order(stub, customer.id, []).id)  # the newest holds no item
+    pages = []
+    token = ""
+    for _ in range(10):
+        request = pb.ListOrdersRequest(customer_id=customer.id, page_size=500, page_token=token)
+        page, statements = with_statements(stub.ListOrders, request)
+        assert statements == 2
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+    # Newest first: the empty order and five of 1,000 items, then the last two.
+    assert [len(page.orders) for page in pages] == [6, 2]
+    assert [o.id for page in pages for o in page.orders] == sorted(made, reverse=True)
+    for page in pages:
+        for order in page.orders:
+            expected = [] if order.id == made[-1] else [line.sku for line in wide]
+            assert [line.sku for line in order.items] == expected, order.id
 
 
 # --------------------------------------------------------------------------------------------

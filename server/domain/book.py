@@ -13,7 +13,7 @@ from ..storage import repository as repo
 from ..storage.database import Database
 from .errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from .lifecycle import Action, next_status, rollup_share
-from .paging import decode_token, encode_token, page_size
+from .paging import MAX_PAGE_ITEMS, decode_token, encode_token, page_size
 from .records import (
     Customer,
     IdempotencyKey,
@@ -204,7 +204,10 @@ class OrderBook:
         after = decode_token(token, filters, violations)
         violations.raise_if_any()
         with self._db.read() as connection:
-            found = repo.list_orders(connection, filters, after, size + 1)
+            found, cut = repo.list_orders(connection, filters, after, size + 1, MAX_PAGE_ITEMS)
+        if cut and len(found) <= size:
+            # Ended by the item budget, not by the end of the list: there is more.
+            return Page(found, encode_token(found[-1].id, filters))
         return _page(found, size, filters, lambda o: o.id)
 
     def change_status(self, order_id: int, action: Action) -> Order:

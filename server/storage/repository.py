@@ -234,18 +234,44 @@ _ITEMS_OF_ORDERS = (
     .where(OrderItemRow.order_id.in_(bindparam("order_ids", expanding=True)))
     .order_by(OrderItemRow.order_id, OrderItemRow.id)
 )
+# A page's items, in the page's order (newest order first), up to a budget.
+_ITEMS_OF_PAGE = (
+    select(*_ITEM_COLUMNS)
+    .where(OrderItemRow.order_id.in_(bindparam("order_ids", expanding=True)))
+    .order_by(OrderItemRow.order_id.desc(), OrderItemRow.id)
+    .limit(bindparam("item_limit"))
+)
 
 
-def _load(session: Reader, query: Select[*tuple[Any, ...]], params: dict[str, Any]) -> list[Order]:
-    """Runs `query` (orders joined to customers), then fetches all their items in one more
-    statement: two statements whatever the number of orders."""
+def _load(
+    session: Reader,
+    query: Select[*tuple[Any, ...]],
+    params: dict[str, Any],
+    max_items: int | None = None,
+) -> tuple[list[Order], bool]:
+    """Runs `query` (orders joined to customers, newest first), then fetches all their items
+    in one more statement: two statements whatever the number of orders.
+
+    With `max_items`, the orders end before the first one whose items would pass it (the
+    first order is always whole when it holds no more than max_items); the flag says whether
+    they were cut so."""
     rows = session.execute(query, params).all()
     if not rows:
-        return []
+        return [], False
     items: dict[int, list[Item]] = {row.id: [] for row in rows}
-    for order_id, item_id, sku, quantity, price in session.execute(
-        _ITEMS_OF_ORDERS, {"order_ids": list(items)}
-    ):
+    cut = False
+    if max_items is None:
+        fetched = session.execute(_ITEMS_OF_ORDERS, {"order_ids": list(items)}).all()
+    else:
+        fetched = session.execute(
+            _ITEMS_OF_PAGE, {"order_ids": list(items), "item_limit": max_items + 1}
+        ).all()
+        if len(fetched) > max_items:
+            # The items stopped inside this order: it and the older ones wait for a next page.
+            cut = True
+            partial = fetched[-1].order_id
+            rows = [row for row in rows if row.id > partial]
+    for order_id, item_id, sku, quantity, price in fetched:
         items[order_id].append(Item(item_id, sku, quantity, price))
     customers: dict[int, Customer] = {}
     orders = []
@@ -267,11 +293,11 @@ def _load(session: Reader, query: Select[*tuple[Any, ...]], params: dict[str, An
                 updated_at=_utc(row.updated_at),
             )
         )
-    return orders
+    return orders, cut
 
 
 def get_order(session: Reader, order_id: int) -> Order | None:
-    found = _load(session, _GET_ORDER, {"id": order_id})
+    found, _ = _load(session, _GET_ORDER, {"id": order_id})
     return found[0] if found else None
 
 
@@ -301,8 +327,10 @@ def _list_orders_query(
 
 
 def list_orders(
-    session: Reader, filters: OrderFilter, after: int | None, limit: int
-) -> list[Order]:
+    session: Reader, filters: OrderFilter, after: int | None, limit: int, max_items: int
+) -> tuple[list[Order], bool]:
+    """Up to `limit` orders, newest first, and whether they were cut short because their
+    items would pass `max_items`."""
     query = _list_orders_query(
         filters.status is not None,
         bool(filters.email),
@@ -317,7 +345,7 @@ def list_orders(
         "customer_id": filters.customer_id,
         "after": after,
     }
-    return _load(session, query, params)
+    return _load(session, query, params, max_items)
 
 
 def lock_order(session: Session, order_id: int) -> OrderState | None:

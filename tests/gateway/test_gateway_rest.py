@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from gateway_stack import Gateway, start_envoy
 from harness import free_port, unique_email
+from orders.v1 import orders_pb2 as pb
 from rest_client import RestClient
 
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 3, 5, 6, 9
@@ -169,6 +170,26 @@ def test_malformed_json_is_a_400(gateway: Gateway, body: str) -> None:
 def test_wrong_json_type_is_a_400(gateway: Gateway, body: dict[str, Any]) -> None:
     path = "/api/orders/" if "customer_id" in body else "/api/customers/"
     assert gateway.rest.post(path, body).error(400)["code"] == INVALID_ARGUMENT
+
+
+def test_the_largest_page_of_orders_is_transcoded(gateway: Gateway) -> None:
+    # The largest page the server sends: 500 orders of 10 items each (5,000 items, the page's
+    # budget), every field at its longest. Envoy buffers a response to transcode it; a page
+    # over its buffer would be a 500. (A page of 1,000-item orders ends after 5 of them.)
+    stub = gateway.server.stub
+    email = "x" * (254 - len("-0123456789abcdef@example.com")) + unique_email("")
+    customer = stub.CreateCustomer(pb.CreateCustomerRequest(email=email[-254:], name="n" * 200))
+    lines = [
+        pb.OrderItem(sku=f"{n:02d}" + "S" * 62, quantity=1_000_000, unit_price_cents=99_999)
+        for n in range(10)
+    ]
+    for _ in range(500):
+        stub.CreateOrder(pb.CreateOrderRequest(customer_id=customer.id, items=lines))
+    reply = gateway.rest.get(f"/api/orders/?customer_id={customer.id}&page_size=500")
+    assert reply.status == 200, reply.body[:300]
+    page = reply.json()
+    assert len(page["orders"]) == 500 and page["next_page_token"] == ""
+    assert len(reply.body) > 1_000_000  # JSON; about 0.7 MB as protobuf
 
 
 def test_body_over_one_mebibyte_is_a_413(gateway: Gateway) -> None:

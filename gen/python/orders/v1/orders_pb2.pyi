@@ -338,7 +338,9 @@ class ListOrdersRequest(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_ARCHIVED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """0 -> 50; above 500 -> 500; negative -> INVALID_ARGUMENT."""
+    """0 -> 50; above 500 -> 500; negative -> INVALID_ARGUMENT. A page ends early, after whole
+    orders, once it holds 5,000 items; next_page_token then continues the list.
+    """
     page_token: _builtins.str
     """From a previous response's next_page_token, with the same filters."""
     status: Global___Order.Status.ValueType
