@@ -110,6 +110,7 @@ def test_a_rest_request_and_its_grpc_call_share_one_request_id(
         if entry.get("request_id") == request_id
     ]
     assert [entry["method"] for entry in server_lines] == [SUMMARY]
-    assert [(entry["path"], entry["status"]) for entry in envoy_lines] == [
-        ("/api/orders/summary/", 200)
+    # The REST method and path, not the gRPC call's POST /orders.v1.OrdersService/GetSummary.
+    assert [(entry["method"], entry["path"], entry["status"]) for entry in envoy_lines] == [
+        ("GET", "/api/orders/summary/", 200)
     ]
