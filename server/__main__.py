@@ -6,11 +6,16 @@ import argparse
 import logging
 import sys
 
+from sqlalchemy.exc import OperationalError
+
 from .config import load_settings
+from .domain.errors import Unavailable
 from .observability import configure_logging
 from .storage import consistency
 from .storage.database import Database
 from .storage.migrate import migrate
+
+log = logging.getLogger("orders.command")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,20 +31,24 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    if args.command == "migrate":
-        database = Database(settings.database_url)
-        migrate(database.engine)
-        database.dispose()
-        logging.getLogger("orders.migrate").info(
-            "database %s is at the latest schema",
-            database.url.render_as_string(hide_password=True),
-        )
+    if args.command in ("migrate", "check"):
+        database = Database(settings.database_url, transaction_pooling=settings.transaction_pooling)
+        shown = database.url.render_as_string(hide_password=True)
+        try:
+            if args.command == "check":
+                return check_consistency(database, fix=args.fix)
+            migrate(database.engine)
+        except (OperationalError, Unavailable) as error:
+            # A database that is down or refuses us: one line that says so, no traceback
+            # (and the URL without its password).
+            cause = error.orig if isinstance(error, OperationalError) else error.__cause__
+            reason = str(getattr(cause, "orig", None) or cause or error).strip().splitlines()[0]
+            log.error("%s: cannot use the database %s: %s", args.command, shown, reason)
+            return 1
+        finally:
+            database.dispose()
+        log.info("database %s is at the latest schema", shown)
         return 0
-    if args.command == "check":
-        return check_consistency(
-            Database(settings.database_url, transaction_pooling=settings.transaction_pooling),
-            fix=args.fix,
-        )
     if settings.grpc_processes > 1 and settings.worker_index < 0:
         from .supervisor import supervise
 
@@ -66,7 +75,6 @@ def check_consistency(database: Database, fix: bool) -> int:
             )
         if fix:
             consistency.repair(session, totals, rollups)
-    database.dispose()
     drift = len(totals) + len(rollups)
     if not drift:
         print("consistent: every order total matches its items, every summary row its orders")

@@ -1,5 +1,6 @@
-"""Fixtures of the reliability tests (issue 5, points 4-9): fuzzing through Envoy and over
-gRPC, faults (a database restarted, seeds interrupted, a replica killed) and concurrency.
+"""Fixtures of the reliability tests (issue 5): secrets and deadlines where they need
+PostgreSQL or Envoy (points 2-3), fuzzing through Envoy and over gRPC, faults (a database
+restarted, seeds interrupted, a replica killed) and concurrency (points 4-9).
 
 Everything runs on loopback and is bounded in time. Each test keeps its own figures (cases
 tried, failures, recovery times) with `figures.record`; they are printed at the end of the run
