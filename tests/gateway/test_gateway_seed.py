@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from gateway_stack import Gateway
 from harness import OrdersServer, ServerFactory, long_seed, unique_email, wait_until_no_writer
+from orders.v1 import orders_pb2 as pb
 from sqlalchemy.pool import NullPool
 
 
@@ -169,3 +171,31 @@ def test_long_streams_are_not_cut_by_a_route_timeout(gateway: Gateway) -> None:
     grpc = [r for r in routes if r["match"].get("headers")]
     assert seed and seed[0]["route"]["timeout"] == "0s", seed
     assert grpc and grpc[0]["route"]["timeout"] == "0s", grpc
+
+
+def test_a_seed_beyond_the_servers_limit_is_a_429_that_writes_nothing(
+    sqlite_servers: ServerFactory, start_gateway: Callable[[OrdersServer], Gateway]
+) -> None:
+    # ORDERS_MAX_CONCURRENT_SEEDS=1: while one seed runs (over gRPC), a REST seed is refused
+    # before it starts, as an ordinary JSON error; once the first is over, seeds work again.
+    server = sqlite_servers.start("gateway-seed-limit", {"ORDERS_MAX_CONCURRENT_SEEDS": "1"})
+    gateway = start_gateway(server)
+    running = server.stub.Seed(long_seed(server, "sqlite", seconds=20.0))
+    try:
+        assert next(running).phase == pb.SeedResponse.PHASE_STARTED
+        refused = gateway.rest.post("/api/dev/seed/", seed_body(1))
+        body = refused.error(429)
+        assert body["code"] == 8, body  # RESOURCE_EXHAUSTED
+        assert "ORDERS_MAX_CONCURRENT_SEEDS" in body["message"], body
+        reasons = [d.get("reason") for d in body["details"]]
+        assert "SEED_LIMIT" in reasons, body
+    finally:
+        running.cancel()
+    wait_until_no_writer(server.database_url, timeout=30)
+    for _ in range(50):  # the slot frees once the cancelled seed has rolled back
+        stream = gateway.rest.stream("/api/dev/seed/", seed_body(1))
+        if stream.status == 200:
+            break
+        time.sleep(0.1)
+    assert stream.status == 200 and stream.last["phase"] == "PHASE_DONE", stream
+    assert stream.last["customers_done"] == "1", stream.last
