@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from gateway_stack import Gateway
-from harness import OrdersServer, ServerFactory, long_seed, unique_email, wait_until_no_writer
+from harness import (
+    OrdersServer,
+    ServerFactory,
+    long_seed,
+    table_counts,
+    unique_email,
+    wait_until_no_writer,
+)
 from orders.v1 import orders_pb2 as pb
 from sqlalchemy.pool import NullPool
 
@@ -180,7 +187,9 @@ def test_a_seed_beyond_the_servers_limit_is_a_429_that_writes_nothing(
     # before it starts, as an ordinary JSON error; once the first is over, seeds work again.
     server = sqlite_servers.start("gateway-seed-limit", {"ORDERS_MAX_CONCURRENT_SEEDS": "1"})
     gateway = start_gateway(server)
-    running = server.stub.Seed(long_seed(server, "sqlite", seconds=20.0))
+    request = long_seed(server, "sqlite", seconds=20.0)  # measures the rate with seeds first
+    before = table_counts(server.database_url)
+    running = server.stub.Seed(request)
     try:
         assert next(running).phase == pb.SeedResponse.PHASE_STARTED
         refused = gateway.rest.post("/api/dev/seed/", seed_body(1))
@@ -192,6 +201,8 @@ def test_a_seed_beyond_the_servers_limit_is_a_429_that_writes_nothing(
     finally:
         running.cancel()
     wait_until_no_writer(server.database_url, timeout=30)
+    # Neither the refused seed nor the cancelled one left a row.
+    assert table_counts(server.database_url) == before
     for _ in range(50):  # the slot frees once the cancelled seed has rolled back
         stream = gateway.rest.stream("/api/dev/seed/", seed_body(1))
         if stream.status == 200:
