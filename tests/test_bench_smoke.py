@@ -14,7 +14,6 @@ import sys
 import harness
 import psycopg
 import pytest
-import sqlalchemy as sa
 
 ROWS = (
     "seed 50x5x3",
@@ -43,15 +42,11 @@ def _admin_url() -> str:
     )
 
 
-def _conninfo(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.mark.timeout(300)
 def test_bench_tiny_runs_every_phase_and_cleans_up() -> None:
     url = _admin_url()
     try:
-        psycopg.connect(_conninfo(url), connect_timeout=5).close()
+        psycopg.connect(harness.libpq_conninfo(url), connect_timeout=5).close()
     except psycopg.Error as exc:
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(f"PostgreSQL at {url} is unreachable: {exc}")
@@ -83,7 +78,7 @@ def test_bench_tiny_runs_every_phase_and_cleans_up() -> None:
 
     prefix = re.search(r"creating databases (orders_bench_[0-9a-f]+)_", done.stderr)
     assert prefix, done.stderr[-2000:]
-    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+    with psycopg.connect(harness.libpq_conninfo(url), autocommit=True) as conn:
         left = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix.group(1) + "%",)
         ).fetchall()

@@ -10,14 +10,12 @@ a password in the URL is accepted and never checked: the server still uses it th
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from harness import ROOT, OrdersServer, ServerFactory, ServerStartError, unique_email
+from harness import OrdersServer, ServerFactory, ServerStartError, run_check, unique_email
 from orders.v1 import orders_pb2 as pb
 
 PASSWORD = "pw-Db-S3cret-7f1c"
@@ -76,14 +74,7 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path
     log = server.log_text(limit=200_000)
     assert "--- migrate (exit 1)" in log, log[-2000:]
     assert "migrate: cannot use the database" in log and "Connection refused" in log, log
-    check = subprocess.run(
-        [sys.executable, "-m", "server", "check"],
-        cwd=ROOT,
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = run_check(server)
     assert check.returncode == 1
     assert "check: cannot use the database" in check.stderr, check.stderr
     for text in (log, str(failed.value), check.stdout + check.stderr):
