@@ -429,14 +429,19 @@ class OrdersServer:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not gone within a few seconds."""
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting: several servers then stop side by side."""
         for channel in self._channels:
             channel.close()
         self._channels.clear()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within a few seconds."""
+        self.request_stop()
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -487,6 +492,8 @@ class ServerFactory:
         return server
 
     def close(self) -> None:
+        for server in self._servers:
+            server.request_stop()
         for server in self._servers:
             server.stop()
 
