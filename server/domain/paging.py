@@ -22,7 +22,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 # A page of orders ends early, after whole orders, once it holds this many items: 500 orders
 # of 1,000 items would be a 40 MB message, above grpcio's 4 MiB default for a client and
-# Envoy's buffer for transcoding. 5,000 items of the longest kind are about 0.8 MB as
+# Envoy's buffer for transcoding. 5,000 items of the longest kind are about 0.7 MB as
 # protobuf. A page always holds at least one whole order.
 MAX_PAGE_ITEMS = 5_000
 assert MAX_PAGE_ITEMS >= MAX_ITEMS_PER_ORDER

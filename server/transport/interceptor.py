@@ -143,7 +143,7 @@ def _time_allowed(context: grpc.ServicerContext) -> float | None:
     on the request then, so the server's work must stop then too."""
     remaining = context.time_remaining()
     expected = metadata_value(context, EXPECTED_TIMEOUT_HEADER)
-    if expected is not None and expected.isdigit() and int(expected) > 0:
+    if expected is not None and expected.isascii() and expected.isdigit() and int(expected) > 0:
         envoy_seconds = int(expected) / 1000
         if remaining is None or envoy_seconds < remaining:
             return envoy_seconds
