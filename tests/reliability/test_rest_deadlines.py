@@ -104,7 +104,7 @@ def test_a_rest_client_may_send_a_shorter_deadline(
         stopped = _gone_within(server, 3.0)
     finally:
         envoy.stop()
-    assert error["code"] == 4, error  # DEADLINE_EXCEEDED, from the server
+    assert error["code"] == 4, error  # DEADLINE_EXCEEDED (grpc's own, once the deadline passed)
     assert "deadline" in error["message"].lower(), error
     assert stopped is not None, "the server's query still waits after its deadline"
     assert 0.8 < answered < 4, f"answered after {answered:.2f} s for a 1 s deadline"
