@@ -125,27 +125,31 @@ def _call_scope(
 ) -> Iterator[tuple[_Call, StatementCount]]:
     """What every call runs inside: its request id, its statement count, its deadline, and
     the log line and metrics at its end."""
-    token = request_id.set(metadata_value(context, "x-request-id"))
+    rid, expected_ms = None, None
+    for name, value in context.invocation_metadata() or ():  # one pass for both
+        if name == "x-request-id":
+            rid = str(value)
+        elif name == EXPECTED_TIMEOUT_HEADER:
+            expected_ms = str(value)
+    token = request_id.set(rid)
     call = _Call(method, context)
     with statements_counted() as count:
         try:
-            with deadline(_time_allowed(context)):
+            with deadline(_time_allowed(context.time_remaining(), expected_ms)):
                 yield call, count
         finally:
             call.finish(count)
             request_id.reset(token)
 
 
-def _time_allowed(context: grpc.ServicerContext) -> float | None:
+def _time_allowed(remaining: float | None, expected_ms: str | None) -> float | None:
     """The call's remaining time: its gRPC deadline, or less when Envoy expects the request
     to be over sooner. A REST call carries no grpc-timeout (unless its client sends one); Envoy
     tells the server its route timeout in x-envoy-expected-rq-timeout-ms instead, and gives up
     on the request then, so the server's work must stop then too."""
-    remaining = context.time_remaining()
-    expected = metadata_value(context, EXPECTED_TIMEOUT_HEADER)
-    if expected is not None and expected.isascii() and expected.isdigit() and int(expected) > 0:
-        envoy_seconds = int(expected) / 1000
-        if remaining is None or envoy_seconds < remaining:
+    if expected_ms is not None and expected_ms.isascii() and expected_ms.isdigit():
+        envoy_seconds = int(expected_ms) / 1000
+        if 0 < envoy_seconds and (remaining is None or envoy_seconds < remaining):
             return envoy_seconds
     return remaining
 
