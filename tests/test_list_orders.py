@@ -164,6 +164,38 @@ def test_every_combination_of_filters_matches_a_plain_computation(
         assert _ids(got) == sorted(expected, reverse=True), request
 
 
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "seed-1",  # 111 of the 250 customers: more than FEW_CUSTOMERS, the newest-first walk
+        "seed-2",  # 62 of them: their orders through the customer index
+        "SEED-7@",  # one customer
+        "nobody-at-all",
+    ],
+)
+def test_email_filter_answers_alike_for_few_and_many_matching_customers(
+    start_server, needle: str
+) -> None:
+    # The server picks how to search by how many customers match (FEW_CUSTOMERS, 100): both
+    # ways must give the same pages as a plain computation, pages of 7 crossing orders of many
+    # customers, with and without a status filter.
+    server = start_server()
+    run_seed(server.stub, seed_request(250, 2, 1)).expect_done()
+    everything = list_all_orders(server.stub, include_archived=True)
+    assert len(everything) == 500
+    for status in (Status.STATUS_UNSPECIFIED, Status.PAID):
+        got = list_all_orders(server.stub, email=needle, status=status, page_size=7)
+        expected = [
+            o.id
+            for o in everything
+            if _email_matches(needle, o.customer.email)
+            and not o.is_archived
+            and status in (Status.STATUS_UNSPECIFIED, o.status)
+        ]
+        assert _ids(got) == expected, (needle, status)
+        assert all(len(o.items) == 1 and o.customer.email for o in got)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation.
 

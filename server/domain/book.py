@@ -128,7 +128,7 @@ class OrderBook:
 
         def create() -> Order:
             with self._db.write() as session:
-                customer = repo.get_customer(session, customer_id)
+                customer = repo.get_customer(self._db.rows(session), customer_id)
                 if customer is None:
                     raise _customer_not_found(customer_id)
                 now = self._clock()
@@ -222,7 +222,7 @@ class OrderBook:
             if target is not None:
                 repo.update_order(session, order_id, self._clock(), status=target)
                 self._move_rollup(session, state, target, state.is_archived)
-            order = repo.get_order(session, order_id)
+            order = repo.get_order(self._db.rows(session), order_id)
         assert order is not None
         return order
 
@@ -235,7 +235,7 @@ class OrderBook:
             if not state.is_archived:
                 repo.update_order(session, order_id, self._clock(), is_archived=True)
                 self._move_rollup(session, state, state.status, True)
-            order = repo.get_order(session, order_id)
+            order = repo.get_order(self._db.rows(session), order_id)
         assert order is not None
         return order
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
 
 __all__ = [
     "Customer",
     "IdempotencyKey",
-    "Item",
+    "ItemRow",
     "NewItem",
     "Order",
     "OrderFilter",
     "Page",
     "Status",
     "SummaryRow",
+    "epoch_us",
 ]
 
 T = TypeVar("T")
@@ -29,12 +31,23 @@ class Status(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-@dataclass(frozen=True, slots=True)
-class Customer:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_us(moment: datetime) -> int:
+    """An aware datetime as microseconds since the epoch: what the records carry."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+class Customer(NamedTuple):
+    """A customer as the statements read it, column for column. Times are microseconds since
+    the epoch (UTC): what a protobuf Timestamp is made of, with no datetime in between."""
+
     id: int
     email: str
     name: str
-    created_at: datetime
+    created_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +57,27 @@ class NewItem:
     unit_price_cents: int
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    id: int
-    sku: str
-    quantity: int
-    unit_price_cents: int
+# An order's item as the statements read it: (order_id, id, sku, quantity, unit_price_cents).
+# A plain tuple, untouched from the database driver to the protobuf message: a page holds
+# up to 5,000 of them.
+ItemRow = tuple[int, int, str, int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
+class Order(NamedTuple):
+    """An order with its customer's columns, as the statements read it (one row), and its
+    items. `status` is a Status value."""
+
     id: int
-    customer: Customer
-    status: Status
+    customer_id: int
+    status: str
     is_archived: bool
     total_cents: int
-    items: tuple[Item, ...]
-    created_at: datetime
-    updated_at: datetime
+    created_us: int
+    updated_us: int
+    email: str
+    name: str
+    customer_created_us: int
+    items: Sequence[ItemRow]
 
 
 @dataclass(frozen=True, slots=True)

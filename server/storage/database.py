@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
+import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from ..domain.errors import DeadlineExceeded, Unavailable
 
-__all__ = ["Database", "StatementCount", "count_statement", "statements_counted"]
+__all__ = ["Database", "Rows", "Sql", "StatementCount", "count_statement", "statements_counted"]
 
 
 log = logging.getLogger("orders.database")
 
+_DRIVER_ERRORS = (psycopg.Error, sqlite3.Error)
 # Errors that mean "the database cannot be reached or is busy", not "the request is wrong":
 # the caller may retry. SQLAlchemy wraps the driver's; the bulk paths meet the driver's own.
 _UNREACHABLE = (
@@ -116,6 +119,72 @@ def _on_cursor_execute(
         count_statement()
 
 
+class Sql:
+    """One read statement, written once for both databases and rendered for each when the
+    module loads: `:name` is a parameter (values come as a dict), `$us(column)` a timestamp
+    column as microseconds since the epoch (UTC; what a protobuf Timestamp is built from, with
+    no datetime per field), `$in(:name)` "is one of this list" (Rows.ids makes its value).
+    `sqlite` is SQLite's own text where PostgreSQL's would not do there."""
+
+    __slots__ = ("postgresql", "prepare", "sqlite")
+
+    def __init__(self, template: str, sqlite: str | None = None, prepare: bool = True) -> None:
+        """`prepare`: PostgreSQL prepares it on each connection the first time it runs there
+        (unless a pooler in transaction mode is in between). A statement whose best plan
+        depends on its values (a LIKE pattern) is planned for them on every call instead."""
+        postgresql = _US.sub(r"(extract(epoch FROM \1) * 1000000)::int8", template)
+        postgresql = _IN.sub(r"= ANY(\1)", postgresql)
+        self.postgresql = _PARAMETER.sub(r"%(\1)s", postgresql)
+        # SQLAlchemy stores SQLite timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
+        self.sqlite = _US.sub(
+            r"(CAST(strftime('%s', \1) AS INTEGER) * 1000000"
+            r" + CAST(substr(\1, 21, 6) AS INTEGER))",
+            template if sqlite is None else sqlite,
+        )
+        self.sqlite = _IN.sub(r"IN (SELECT value FROM json_each(\1))", self.sqlite)
+        self.prepare = prepare
+
+
+_US = re.compile(r"\$us\(([\w.]+)\)")
+_IN = re.compile(r"\$in\((:\w+)\)")
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_]\w*)")
+
+
+class Rows:
+    """The read path's way to the database: SQL on the driver's own connection, rows back as
+    plain tuples. SQLAlchemy's execution layer (compiling, parameter processing, result
+    objects) cost more CPU than PostgreSQL spent running the reads; writes keep it."""
+
+    __slots__ = ("_driver", "_postgresql", "_prepare")
+
+    def __init__(self, driver: Any, postgresql: bool, prepare: bool | None) -> None:
+        self._driver = driver
+        self._postgresql = postgresql
+        self._prepare = prepare
+
+    def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        count_statement()
+        if self._postgresql:
+            prepare = self._prepare and sql.prepare
+            rows: list[tuple[Any, ...]] = self._driver.execute(
+                sql.postgresql, params, prepare=prepare
+            ).fetchall()
+            return rows
+        cursor = self._driver.execute(sql.sqlite, params)
+        try:
+            return cursor.fetchall()  # type: ignore[no-any-return]
+        finally:
+            cursor.close()
+
+    def first(self, sql: Sql, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        found = self.all(sql, params)
+        return found[0] if found else None
+
+    def ids(self, values: Sequence[int]) -> Any:
+        """The value of `$in(:name)`: an array on PostgreSQL, a JSON array on SQLite."""
+        return list(values) if self._postgresql else json.dumps(list(values))
+
+
 class Database:
     """One engine per process; one connection per RPC, opened by `read()` or `write()`."""
 
@@ -130,6 +199,9 @@ class Database:
             raise ValueError(f"unsupported database {self.url.get_backend_name()!r}")
         # Connection-level settings only where the connection is this process's own.
         self._session_state = self.is_postgresql and not transaction_pooling
+        # Prepared statements live on the server's connection, which a pooler in transaction
+        # mode hands to another client between two transactions.
+        self._prepare: bool | None = None if transaction_pooling else True
         kwargs: dict[str, Any] = {}
         if self.is_postgresql:
             connect_args: dict[str, Any] = {"connect_timeout": 5}
@@ -153,22 +225,37 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read. On PostgreSQL the connection runs in autocommit: each statement sees its
-        own snapshot, exactly as in a READ COMMITTED transaction, without the BEGIN and
-        COMMIT round trips. On SQLite the statements share one read transaction (one
-        snapshot; BEGIN and COMMIT cost no round trip there)."""
+    def read(self) -> Iterator[Rows]:
+        """A read, on the driver's own connection (see Rows). On PostgreSQL the connection runs
+        in autocommit: each statement sees its own snapshot, exactly as in a READ COMMITTED
+        transaction, without the BEGIN and COMMIT round trips. On SQLite the statements share
+        one read transaction (one snapshot; BEGIN costs no round trip there). A transaction a
+        read opened ends when the pool takes the connection back (its reset rolls back)."""
         remaining = self._remaining_checked()
-        with self._errors_mapped(), self.engine.connect() as connection:
-            if self._session_state:
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-                _bound(connection, remaining)
-                yield connection
-            else:
-                with connection.begin():
-                    if self.is_postgresql and remaining is not None:
-                        _bound_transaction(connection, remaining)
-                    yield connection
+        with self._errors_mapped():
+            pooled = self.engine.raw_connection()
+            driver: Any = pooled.driver_connection
+            try:
+                if self._session_state:
+                    driver.autocommit = True
+                    _bound_read(pooled, remaining)
+                elif self.is_sqlite:
+                    driver.execute("BEGIN")  # ours to send: isolation_level is None
+                elif remaining is not None:
+                    # A pooler in transaction mode: psycopg's implicit BEGIN comes first.
+                    driver.execute(_SET_TRANSACTION_TIMEOUT, (_milliseconds(remaining),))
+                yield Rows(driver, self.is_postgresql, self._prepare)
+            except _DRIVER_ERRORS as error:
+                if self.engine.dialect.is_disconnect(cast(Any, error), driver, None):
+                    # As SQLAlchemy does on a disconnect: this connection is dropped, and so is
+                    # every other one the pool holds (they went away with the same server).
+                    pooled.invalidate(error)
+                    self.engine.dispose()
+                raise
+            finally:
+                if self._session_state and pooled.is_valid and not driver.closed:
+                    driver.autocommit = False  # as SQLAlchemy's sessions expect it
+                pooled.close()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -186,6 +273,11 @@ class Database:
                 _bound_transaction(session.connection(), remaining)
             yield session
             session.commit()
+
+    def rows(self, session: Session) -> Rows:
+        """The read path's statements inside a write's transaction (what it reads back)."""
+        driver = session.connection().connection.driver_connection
+        return Rows(driver, self.is_postgresql, self._prepare)
 
     def _remaining_checked(self) -> float | None:
         remaining = _remaining_seconds()
@@ -216,19 +308,33 @@ class Database:
         self.engine.dispose()
 
 
-def _bound(connection: Connection, remaining: float | None) -> None:
+_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
+_SET_TRANSACTION_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+
+
+def _timeout_to_set(info: dict[Any, Any], remaining: float | None) -> int | None:
     """Makes PostgreSQL give up when the call's deadline passes: the remaining time becomes
-    the connection's statement_timeout (0, unbounded, without a deadline). Set outside any
-    transaction, so that a rollback cannot undo it, and only when the connection's current
-    value is not already within _TIMEOUT_SLACK below the remaining time. Setup, not a counted
-    statement; sent through SQLAlchemy so that a dead connection is noticed and dropped.
-    SQLite needs nothing here: the progress handler every connection got at connect time
-    reads the call's deadline itself."""
+    the connection's statement_timeout (0, unbounded, without a deadline), to be set outside
+    any transaction, so that a rollback cannot undo it. None when the connection's current
+    value (kept in its pool entry's `info`) is already within _TIMEOUT_SLACK below the
+    remaining time: a steady stream of calls with one client timeout sets it once. SQLite needs
+    nothing here: the progress handler every connection got at connect time reads the call's
+    deadline itself."""
     wanted = 0 if remaining is None else max(1, int(remaining * 1000))
-    current = connection.info.get("orders_statement_timeout_ms")
+    current = info.get("orders_statement_timeout_ms")
     if current is not None and (
         current == wanted == 0 or (0 < wanted * (1 - _TIMEOUT_SLACK) <= current <= wanted)
     ):
+        return None
+    return wanted
+
+
+def _bound(connection: Connection, remaining: float | None) -> None:
+    """_timeout_to_set for a write's connection, before its transaction begins. Setup, not a
+    counted statement; sent through SQLAlchemy so that a dead connection is noticed and
+    dropped."""
+    wanted = _timeout_to_set(connection.info, remaining)
+    if wanted is None:
         return
     driver = connection.connection.driver_connection
     assert driver is not None
@@ -236,9 +342,7 @@ def _bound(connection: Connection, remaining: float | None) -> None:
     driver.autocommit = True  # psycopg has not sent this transaction's BEGIN yet
     try:
         connection.exec_driver_sql(
-            "SELECT set_config('statement_timeout', %(ms)s, false)",
-            {"ms": str(wanted)},
-            execution_options={"orders_setup": True},
+            _SET_TIMEOUT, (str(wanted),), execution_options={"orders_setup": True}
         )
     finally:
         if not driver.closed:
@@ -246,14 +350,26 @@ def _bound(connection: Connection, remaining: float | None) -> None:
     connection.info["orders_statement_timeout_ms"] = wanted
 
 
+def _bound_read(pooled: PoolProxiedConnection, remaining: float | None) -> None:
+    """_timeout_to_set for a read's connection, already in autocommit."""
+    wanted = _timeout_to_set(pooled.info, remaining)
+    if wanted is not None:
+        pooled.driver_connection.execute(_SET_TIMEOUT, (str(wanted),))  # type: ignore[union-attr]
+        pooled.info["orders_statement_timeout_ms"] = wanted
+
+
 def _bound_transaction(connection: Connection, remaining: float) -> None:
     """_bound for a connection that keeps nothing between transactions (a pooler in
     transaction mode): statement_timeout for this transaction only, on every call."""
     connection.exec_driver_sql(
-        "SELECT set_config('statement_timeout', %(ms)s, true)",
-        {"ms": str(max(1, int(remaining * 1000)))},
+        _SET_TRANSACTION_TIMEOUT,
+        (_milliseconds(remaining),),
         execution_options={"orders_setup": True},
     )
+
+
+def _milliseconds(remaining: float) -> str:
+    return str(max(1, int(remaining * 1000)))
 
 
 def _ping_when_idle(engine: Engine) -> None:

@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 from orders.v1 import orders_pb2 as pb
 
-from ..domain.records import Customer, NewItem, Order, OrderFilter, Status, SummaryRow
+from ..domain.records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
 from ..domain.seeding import Phase, Progress
 from ..domain.validation import Violations
 from .status import to_status_proto
 
 __all__ = [
     "customer_message",
+    "customers_page",
     "new_items",
     "order_filter",
     "order_message",
+    "orders_page",
     "seed_message",
     "summary_message",
 ]
 
-_STATUS_TO_PROTO = {
+_STATUS_TO_PROTO: dict[str, pb.Order.Status.ValueType] = {
     Status.DRAFT: pb.Order.DRAFT,
     Status.PAID: pb.Order.PAID,
     Status.SHIPPED: pb.Order.SHIPPED,
     Status.CANCELLED: pb.Order.CANCELLED,
 }
-_STATUS_FROM_PROTO = {number: status for status, number in _STATUS_TO_PROTO.items()}
+_STATUS_FROM_PROTO = {number: Status(status) for status, number in _STATUS_TO_PROTO.items()}
 
 _PHASES = {
     Phase.STARTED: pb.SeedResponse.PHASE_STARTED,
@@ -41,55 +41,75 @@ _PHASES = {
 }
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+# Messages are filled field by field in place (`.add()` on a repeated field, then attributes):
+# building nested messages with keyword arguments copies each into its parent, and made a page
+# of 50 orders cost about 2.5 times the CPU.
+
+
+def _set_time(stamp: timestamp_pb2.Timestamp, us: int) -> None:
+    """Microseconds since the epoch, set directly (not Timestamp.FromDatetime per field)."""
+    stamp.seconds, micros = divmod(us, 1_000_000)
+    stamp.nanos = micros * 1000
+
+
+def _fill_customer(message: pb.Customer, customer: Customer) -> None:
+    message.id, message.email, message.name = customer.id, customer.email, customer.name
+    _set_time(message.created_at, customer.created_us)
+
+
+def _fill_order(message: pb.Order, order: Order) -> None:
+    message.id = order.id
+    message.customer_id = order.customer_id
+    customer = message.customer
+    customer.id, customer.email, customer.name = order.customer_id, order.email, order.name
+    _set_time(customer.created_at, order.customer_created_us)
+    message.status = _STATUS_TO_PROTO[order.status]
+    message.is_archived = order.is_archived
+    message.total_cents = order.total_cents
+    add_item = message.items.add
+    for _, item_id, sku, quantity, price in order.items:
+        item = add_item()
+        item.id, item.sku, item.quantity, item.unit_price_cents = item_id, sku, quantity, price
+    _set_time(message.created_at, order.created_us)
+    _set_time(message.updated_at, order.updated_us)
 
 
 def customer_message(customer: Customer) -> pb.Customer:
-    return pb.Customer(
-        id=customer.id,
-        email=customer.email,
-        name=customer.name,
-        created_at=_timestamp(customer.created_at),
-    )
+    message = pb.Customer()
+    _fill_customer(message, customer)
+    return message
+
+
+def customers_page(page: Page[Customer]) -> pb.ListCustomersResponse:
+    response = pb.ListCustomersResponse(next_page_token=page.next_page_token)
+    add = response.customers.add
+    for customer in page.items:
+        _fill_customer(add(), customer)
+    return response
 
 
 def order_message(order: Order) -> pb.Order:
-    return pb.Order(
-        id=order.id,
-        customer_id=order.customer.id,
-        customer=customer_message(order.customer),
-        status=_STATUS_TO_PROTO[order.status],
-        is_archived=order.is_archived,
-        total_cents=order.total_cents,
-        items=[
-            pb.OrderItem(
-                id=item.id,
-                sku=item.sku,
-                quantity=item.quantity,
-                unit_price_cents=item.unit_price_cents,
-            )
-            for item in order.items
-        ],
-        created_at=_timestamp(order.created_at),
-        updated_at=_timestamp(order.updated_at),
-    )
+    message = pb.Order()
+    _fill_order(message, order)
+    return message
+
+
+def orders_page(page: Page[Order]) -> pb.ListOrdersResponse:
+    response = pb.ListOrdersResponse(next_page_token=page.next_page_token)
+    add = response.orders.add
+    for order in page.items:
+        _fill_order(add(), order)
+    return response
 
 
 def summary_message(rows: list[SummaryRow]) -> pb.GetSummaryResponse:
-    return pb.GetSummaryResponse(
-        customers=[
-            pb.CustomerSummary(
-                customer_id=row.customer_id,
-                email=row.email,
-                order_count=row.order_count,
-                total_cents=row.total_cents,
-            )
-            for row in rows
-        ]
-    )
+    response = pb.GetSummaryResponse()
+    add = response.customers.add
+    for customer_id, email, order_count, total_cents in rows:
+        row = add()
+        row.customer_id, row.email = customer_id, email
+        row.order_count, row.total_cents = order_count, total_cents
+    return response
 
 
 def seed_message(progress: Progress, request_id: str | None) -> pb.SeedResponse:

@@ -69,10 +69,8 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def ListCustomers(
         self, request: pb.ListCustomersRequest, context: grpc.ServicerContext
     ) -> pb.ListCustomersResponse:
-        page = self._book.list_customers(request.page_size, request.page_token)
-        return pb.ListCustomersResponse(
-            customers=[convert.customer_message(c) for c in page.items],
-            next_page_token=page.next_page_token,
+        return convert.customers_page(
+            self._book.list_customers(request.page_size, request.page_token)
         )
 
     def CreateOrder(
@@ -95,10 +93,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         violations = Violations()
         filters = convert.order_filter(request, violations)
         page = self._book.list_orders(filters, request.page_size, request.page_token, violations)
-        return pb.ListOrdersResponse(
-            orders=[convert.order_message(o) for o in page.items],
-            next_page_token=page.next_page_token,
-        )
+        return convert.orders_page(page)
 
     def PayOrder(self, request: pb.PayOrderRequest, context: grpc.ServicerContext) -> pb.Order:
         return convert.order_message(self._book.change_status(request.id, Action.PAY))
