@@ -23,10 +23,13 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Case:
-    """One repeated call. `call` returns the SQL statements it ran (or None if unknown)."""
+    """One repeated call. `call` returns the SQL statements it ran (or None if unknown);
+    `check`, when given, runs after the clock stops (checking the answer is not timed): an
+    exception from either counts as an error and the sample is dropped."""
 
     name: str
     call: Callable[[], int | None]
+    check: Callable[[], None] | None = None
     seconds: list[float] = field(default_factory=list)
     statements: set[int] = field(default_factory=set)
     errors: int = 0
@@ -48,11 +51,13 @@ class Case:
         started = time.perf_counter()
         try:
             statements = self.call()
+            elapsed = time.perf_counter() - started
+            if self.check is not None:
+                self.check()
         except Exception as exc:  # counted and shown; a failing case must not stop the run
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {(str(exc) or '?').splitlines()[0][:200]}"
             return None
-        elapsed = time.perf_counter() - started
         if statements is not None:
             self.statements.add(statements)
         return elapsed
