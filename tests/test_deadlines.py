@@ -12,8 +12,9 @@ from harness import OrdersServer, PostgresDatabases, SqliteDatabases
 from orders.v1 import orders_pb2 as pb
 from sqlalchemy import text
 
+from server.calls import scope
 from server.domain.errors import DeadlineExceeded
-from server.storage.database import Database, Rows, Sql, deadline
+from server.storage.database import Database, Rows, Sql
 
 # A statement that runs far longer than any deadline below.
 SLOW = {
@@ -38,7 +39,7 @@ def test_a_slow_statement_is_stopped_at_the_deadline(
 ) -> None:
     database = Database(databases.create(), transaction_pooling=pooling)
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded), deadline(0.3), database.read() as rows:
+    with pytest.raises(DeadlineExceeded), scope(seconds=0.3), database.read() as rows:
         rows.all(Sql(SLOW[databases.kind]), {})
     elapsed = time.monotonic() - started
     # The next call on the connection works.
@@ -61,24 +62,24 @@ def test_a_deadline_does_not_outlive_its_call(
     # One connection (pool of 1) serves a bounded call, then unbounded reads and writes,
     # which must not inherit the 0.3 s.
     database = Database(databases.create(), pool_size=1, transaction_pooling=pooling)
-    with deadline(0.3), database.read() as rows:
+    with scope(seconds=0.3), database.read() as rows:
         assert _scalar(rows, "SELECT 1") == 1
-    with deadline(None), database.read() as rows:
+    with scope(seconds=None), database.read() as rows:
         rows.all(Sql(PAUSE[databases.kind]), {})
-    with deadline(0.3), database.write() as session:
+    with scope(seconds=0.3), database.write() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
-    with deadline(None), database.write() as session:
+    with scope(seconds=None), database.write() as session:
         session.execute(text(PAUSE[databases.kind]))
     # A longer deadline after a shorter one is not cut at the shorter one.
-    with deadline(0.3), database.read() as rows:
+    with scope(seconds=0.3), database.read() as rows:
         assert _scalar(rows, "SELECT 1") == 1
-    with deadline(5), database.read() as rows:
+    with scope(seconds=5), database.read() as rows:
         rows.all(Sql(PAUSE[databases.kind]), {})
     if databases.kind == "postgresql" and pooling:
         # Behind a pooler the next transaction may be another client's: nothing may remain.
-        with deadline(0.3), database.read() as rows:
+        with scope(seconds=0.3), database.read() as rows:
             rows.all(Sql("SELECT 1"), {})
-        with deadline(None), database.read() as rows:
+        with scope(seconds=None), database.read() as rows:
             assert _scalar(rows, "SHOW statement_timeout") == "0"
     database.dispose()
 
@@ -87,7 +88,7 @@ def test_no_deadline_leaves_statements_unbounded(
     databases: SqliteDatabases | PostgresDatabases,
 ) -> None:
     database = Database(databases.create())
-    with deadline(None), database.read() as rows:
+    with scope(seconds=None), database.read() as rows:
         assert _scalar(rows, "SELECT 1") == 1
     database.dispose()
 
@@ -119,6 +120,6 @@ def test_a_practically_infinite_deadline_counts_as_none(
 ) -> None:
     # Envoy forwards grpc-timeout values of thousands of years; they must not break the call.
     database = Database(databases.create())
-    with deadline(9.2e18), database.read() as rows:
+    with scope(seconds=9.2e18), database.read() as rows:
         assert _scalar(rows, "SELECT 1") == 1
     database.dispose()

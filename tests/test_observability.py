@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+import pytest
 from harness import OrdersServer, free_port
 from orders.v1 import orders_pb2 as pb
 
@@ -76,22 +78,45 @@ def test_metrics_count_calls_latency_seed_rows_and_pool(
 def test_each_call_is_one_json_log_line_with_its_request_id(
     start_server: Callable[..., OrdersServer],
 ) -> None:
-    server = start_server()
-    request_id = str(uuid.uuid4())
-    server.stub.GetSummary(pb.GetSummaryRequest(), metadata=(("x-request-id", request_id),))
-    lines = [
-        line for line in _json_lines(server.log_text()) if line.get("request_id") == request_id
-    ]
-    assert len(lines) == 1, lines
-    line = lines[0]
-    assert (line["method"], line["code"], line["statements"]) == (SUMMARY, "OK", 1)
-    assert isinstance(line["duration_ms"], float) and line["level"] == "INFO"
+    # At DEBUG every call has its line; at INFO (the default) only those that did not end OK.
+    for level, logged_ok in (("DEBUG", True), ("INFO", False)):
+        server = start_server(ORDERS_LOG_LEVEL=level)
+        ok, failed = str(uuid.uuid4()), str(uuid.uuid4())
+        server.stub.GetSummary(pb.GetSummaryRequest(), metadata=(("x-request-id", ok),))
+        with pytest.raises(grpc.RpcError):
+            server.stub.GetOrder(
+                pb.GetOrderRequest(id=999_999), metadata=(("x-request-id", failed),)
+            )
+        lines = {
+            rid: [line for line in _json_lines(server.log_text()) if line.get("request_id") == rid]
+            for rid in (ok, failed)
+        }
+        assert len(lines[failed]) == 1, lines
+        line = lines[failed][0]
+        assert (line["method"], line["code"], line["statements"], line["level"]) == (
+            "/orders.v1.OrdersService/GetOrder",
+            "NOT_FOUND",
+            1,
+            "INFO",
+        )
+        assert isinstance(line["duration_ms"], float)
+        if logged_ok:
+            assert len(lines[ok]) == 1, lines
+            line = lines[ok][0]
+            assert (line["method"], line["code"], line["statements"], line["level"]) == (
+                SUMMARY,
+                "OK",
+                1,
+                "DEBUG",
+            )
+        else:
+            assert lines[ok] == [], lines
 
 
 def test_a_rest_request_and_its_grpc_call_share_one_request_id(
     start_server: Callable[..., OrdersServer], tmp_path: Path
 ) -> None:
-    server = start_server()
+    server = start_server(ORDERS_LOG_LEVEL="DEBUG")  # the line of a call that ends OK
     envoy_log = tmp_path / "envoy.log"
     config = GatewayConfig(http_port=free_port(), admin_port=free_port(), upstream_port=server.port)
     request_id = str(uuid.uuid4())

@@ -1,8 +1,8 @@
-"""Engines and sessions: the one place that opens them, and the per-call statement count."""
+"""Engines and connections: the one place that opens them, bounds them by the call's deadline
+and counts the call's statements."""
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -18,9 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from .. import calls
 from ..domain.errors import DeadlineExceeded, Unavailable
 
-__all__ = ["Database", "Rows", "Sql", "StatementCount", "count_statement", "statements_counted"]
+__all__ = ["Database", "Rows", "Sql", "count_statement"]
 
 
 log = logging.getLogger("orders.database")
@@ -37,7 +38,6 @@ _UNREACHABLE = (
 )
 
 
-_LONGEST_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's statement_timeout is an int of milliseconds
 # A pooled connection idle for longer than this is pinged before use (one round trip); one
 # in steady use is not: if the database went away meanwhile, the call fails as UNAVAILABLE
 # and the pool drops every connection older than the failure (SQLAlchemy's pool invalidation).
@@ -45,33 +45,17 @@ _PING_AFTER_IDLE_SECONDS = 1.0
 # The statement_timeout a connection already has is kept when it is within this share below
 # the call's remaining time: a steady stream of calls with one client timeout sets it once.
 _TIMEOUT_SLACK = 0.1
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "orders_deadline", default=None
-)
-
-
-@contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Bounds every transaction opened inside by a call's remaining time (None: unbounded).
-    A deadline beyond what PostgreSQL's statement_timeout can hold (some proxies send
-    'practically infinite') counts as none."""
-    if seconds is not None and seconds * 1000 > _LONGEST_TIMEOUT_MS:
-        seconds = None
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
 
 
 def _deadline_passed() -> int:
-    ends = _deadline.get()
-    return int(ends is not None and time.monotonic() > ends)
+    call = calls.current()
+    return int(call is not None and call.ends is not None and time.monotonic() > call.ends)
 
 
 def _remaining_seconds() -> float | None:
-    ends = _deadline.get()
-    return None if ends is None else ends - time.monotonic()
+    """What is left of the current call's deadline (None: no deadline, or no call)."""
+    call = calls.current()
+    return None if call is None else call.remaining()
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -83,33 +67,12 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(original, sqlite3.OperationalError) and "interrupt" in str(original)
 
 
-class StatementCount:
-    """How many SQL statements the current call executed (one per round trip to the database)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
-_current_count: contextvars.ContextVar[StatementCount | None] = contextvars.ContextVar(
-    "orders_statement_count", default=None
-)
-
-
-@contextmanager
-def statements_counted() -> Iterator[StatementCount]:
-    count = StatementCount()
-    token = _current_count.set(count)
-    try:
-        yield count
-    finally:
-        _current_count.reset(token)
-
-
 def count_statement() -> None:
-    """Counts one statement; bulk paths that bypass SQLAlchemy (COPY) call it themselves."""
-    count = _current_count.get()
-    if count is not None:
-        count.value += 1
+    """Counts one statement for the current call; the paths that bypass SQLAlchemy's
+    execution (Rows, COPY) call it themselves."""
+    call = calls.current()
+    if call is not None:
+        call.statements += 1
 
 
 def _on_cursor_execute(

@@ -25,7 +25,7 @@ from ..storage.database import Database
 from .interceptor import CallInterceptor, ShutdownGate
 from .servicer import OrdersServicer
 
-__all__ = ["RIGHTS", "SERVICE_NAME", "OrdersServer", "access_policy"]
+__all__ = ["RIGHTS", "SERVICE_NAME", "OrdersServer"]
 
 _SERVICE = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"]
 SERVICE_NAME = _SERVICE.full_name
@@ -46,9 +46,8 @@ log = logging.getLogger("orders.server")
 _LAST_WRITES_SECONDS = 0.2
 
 
-def access_policy(settings: Settings) -> AccessPolicy:
-    """Who may call what, from the settings' tokens (scripts/compare_server_modes.py uses it
-    too, to build the same interceptor)."""
+def _access_policy(settings: Settings) -> AccessPolicy:
+    """Who may call what, from the settings' tokens."""
     try:
         tokens = parse_api_tokens(settings.api_tokens)
     except OSError as exc:
@@ -79,7 +78,7 @@ class OrdersServer:
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
             # One interceptor: the gate, then access, logging and metrics, in a single wrap of
             # the handler per call. A call the gate refuses at shutdown never reaches the rest.
-            interceptors=[CallInterceptor(access_policy(settings), RIGHTS, self.gate)],
+            interceptors=[CallInterceptor(_access_policy(settings), RIGHTS, self.gate)],
             # Several processes share the port (the kernel spreads connections over them);
             # a single one treats a port already in use as an error, not a second listener.
             # A larger request is RESOURCE_EXHAUSTED before it is read ("Received message

@@ -1,46 +1,34 @@
-"""One interceptor around every call: admits it (or not, at shutdown), checks its rights, logs
-it, counts its SQL statements, maps its errors.
+"""One interceptor around every call: admits it (or not, at shutdown), checks its rights, sets
+its per-call state (server/calls.py), maps its errors, and records it (metrics, log line).
 
-One interceptor, not one per concern: grpcio runs every interceptor on every call, and each
-re-wraps the handler; one wrap does all of it (about 1.5 us a call less than two).
-
-Per-call state (request id, statement count) lives in ContextVars, as in grpc/grpc's
-examples/python/interceptors.
+One interceptor, not one per concern, and straight-line code rather than nested context
+managers: grpcio runs every interceptor on every call and each re-wraps the handler, and on a
+call that costs PostgreSQL a tenth of a millisecond the machinery around it is what shows.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any, cast
 
 import grpc
 
+from .. import calls
 from ..domain.access import AccessPolicy, Right
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..observability import CALL_SECONDS, CALLS
-from ..storage.database import StatementCount, deadline, statements_counted
 from .status import to_grpc_status, to_status_proto
 
-__all__ = [
-    "STATEMENTS_TRAILER",
-    "CallInterceptor",
-    "ShutdownGate",
-    "metadata_value",
-    "record_call",
-    "request_id",
-]
+__all__ = ["STATEMENTS_TRAILER", "CallInterceptor", "ShutdownGate", "metadata_value"]
 
 STATEMENTS_TRAILER = "orders-sql-statements"
 # Set by Envoy's router on every request it sends with a route timeout (REST routes: 60 s).
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 
 log = logging.getLogger("orders.calls")
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
@@ -55,91 +43,18 @@ def _code_set(context: grpc.ServicerContext) -> bool:
     return cast(Any, context).code() is not None
 
 
-class _Call:
-    """What the interceptor knows about one call while it runs."""
-
-    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
-        self.method = method
-        self.context = context
-        self.started = time.perf_counter()
-        self.code = grpc.StatusCode.OK
-
-    def trailer(self, count: StatementCount) -> tuple[tuple[str, str], ...]:
-        return ((STATEMENTS_TRAILER, str(count.value)),)
-
-    def fail(self, error: BaseException, count: StatementCount) -> None:
-        """Ends the call with `error` as a google.rpc.Status (raises)."""
-        status = to_status_proto(error, request_id.get())
-        self.code = grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == status.code))
-        if self.code == grpc.StatusCode.INTERNAL:
-            log.error(
-                "unexpected error in %s (request id %s)",
-                self.method,
-                request_id.get(),
-                exc_info=error,
-            )
-        self.context.abort_with_status(to_grpc_status(status, self.trailer(count)))
-
-    def finish(self, count: StatementCount) -> None:
-        if not _code_set(self.context) and not self.context.is_active():
-            self.code = grpc.StatusCode.CANCELLED
-        record_call(self.method, self.code, time.perf_counter() - self.started, count.value)
-
-
-def record_call(method: str, code: grpc.StatusCode, seconds: float, statements: int) -> None:
-    """A finished call's metrics and its log line (scripts/compare_server_modes.py's asyncio
-    interceptor records its calls with it too, so that both do the same work)."""
-    CALLS.labels(method, code.name).inc()
-    CALL_SECONDS.labels(method).observe(seconds)
-    fields = {
-        "method": method,
-        "code": code.name,
-        "duration_ms": round(seconds * 1000, 2),
-        "statements": statements,
-        "request_id": request_id.get(),
-    }
-    log.info(
-        "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
-        method,
-        code.name,
-        fields["duration_ms"],
-        statements,
-        fields["request_id"] or "-",
-        extra=fields,
-    )
-
-
-def _add_trailer(context: grpc.ServicerContext, trailer: tuple[tuple[str, str], ...]) -> None:
-    """Adds to what the handler put in the trailing metadata (a create's x-http-code)."""
-    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + trailer)
-
-
-def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
-    # context.abort() raises a bare Exception after setting the code: let it through.
-    return _code_set(context) and type(error) is Exception
-
-
-@contextmanager
-def _call_scope(
-    method: str, context: grpc.ServicerContext
-) -> Iterator[tuple[_Call, StatementCount]]:
-    """What every call runs inside: its request id, its statement count, its deadline, and
-    the log line and metrics at its end."""
-    rid, expected_ms = None, None
-    for name, value in context.invocation_metadata() or ():  # one pass for both
+def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
+    """The call's state from its metadata, read in one pass, and its authorization header."""
+    request_id = expected_ms = authorization = None
+    for name, value in context.invocation_metadata() or ():
         if name == "x-request-id":
-            rid = str(value)
+            request_id = str(value)
         elif name == EXPECTED_TIMEOUT_HEADER:
             expected_ms = str(value)
-    token = request_id.set(rid)
-    call = _Call(method, context)
-    with statements_counted() as count:
-        try:
-            with deadline(_time_allowed(context.time_remaining(), expected_ms)):
-                yield call, count
-        finally:
-            call.finish(count)
-            request_id.reset(token)
+        elif name == "authorization" and authorization is None:
+            authorization = str(value)
+    seconds = _time_allowed(context.time_remaining(), expected_ms)
+    return calls.Call(request_id, seconds), authorization
 
 
 def _time_allowed(remaining: float | None, expected_ms: str | None) -> float | None:
@@ -152,6 +67,85 @@ def _time_allowed(remaining: float | None, expected_ms: str | None) -> float | N
         if 0 < envoy_seconds and (remaining is None or envoy_seconds < remaining):
             return envoy_seconds
     return remaining
+
+
+def _failure(error: BaseException, method: str, call: calls.Call) -> tuple[grpc.StatusCode, Any]:
+    """The code `error` ends the call with, and the status to abort it with: a
+    google.rpc.Status, with the statement count in the trailer."""
+    status = to_status_proto(error, call.request_id)
+    code = _CODE_OF_NUMBER[status.code]
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unexpected error in %s (request id %s)", method, call.request_id, exc_info=error)
+    return code, to_grpc_status(status, _trailer(call))
+
+
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _trailer(call: calls.Call) -> tuple[tuple[str, str], ...]:
+    return ((STATEMENTS_TRAILER, str(call.statements)),)
+
+
+def _add_trailer(context: grpc.ServicerContext, call: calls.Call) -> None:
+    """Adds to what the handler put in the trailing metadata (a create's x-http-code)."""
+    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + _trailer(call))
+
+
+def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a bare Exception after setting the code: let it through.
+    return _code_set(context) and type(error) is Exception
+
+
+class _Recorder:
+    """A finished call's metrics and log line. The labelled metrics are looked up once per
+    method and code (prometheus_client's labels() costs as much as the increment). A call that
+    ends OK is logged at DEBUG: at INFO its JSON line cost more than the rest of the machinery
+    together, and Envoy's access log already has every REST request; any other outcome is
+    logged at INFO."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._histograms: dict[str, Any] = {}
+
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, call: calls.Call
+    ) -> None:
+        counter = self._counters.get((method, code))
+        if counter is None:
+            counter = self._counters[method, code] = CALLS.labels(method, code.name)
+        counter.inc()
+        histogram = self._histograms.get(method)
+        if histogram is None:
+            histogram = self._histograms[method] = CALL_SECONDS.labels(method)
+        histogram.observe(seconds)
+        level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        duration_ms = round(seconds * 1000, 2)
+        log.log(
+            level,
+            "call method=%s code=%s duration_ms=%.2f statements=%d request_id=%s",
+            method,
+            code.name,
+            duration_ms,
+            call.statements,
+            call.request_id or "-",
+            extra={
+                "method": method,
+                "code": code.name,
+                "duration_ms": duration_ms,
+                "statements": call.statements,
+                "request_id": call.request_id,
+            },
+        )
+
+
+def _outcome(context: grpc.ServicerContext, code: grpc.StatusCode) -> grpc.StatusCode:
+    """CANCELLED for a call that ended without a code of its own and is no longer active (its
+    client went away)."""
+    if code == grpc.StatusCode.OK and not context.is_active() and not _code_set(context):
+        return grpc.StatusCode.CANCELLED
+    return code
 
 
 class ShutdownGate:
@@ -198,33 +192,44 @@ class ShutdownGate:
             self._lock.notify_all()
 
 
-_Check = Callable[[grpc.ServicerContext], None]
+_Admit = Callable[[grpc.ServicerContext], None]
+_Guard = Callable[[str | None], None]
 
 
 def _wrap_unary(
-    behavior: Callable[..., Any], method: str, admit: _Check, guard: _Check
+    behavior: Callable[..., Any], method: str, admit: _Admit, guard: _Guard, record: _Recorder
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        # First, outside the call's scope: a call refused at shutdown is neither logged nor
-        # counted in the metrics.
+        # First: a call refused at shutdown is neither logged nor counted in the metrics.
         admit(context)
-        with _call_scope(method, context) as (call, count):
-            try:
-                guard(context)
-                _refuse_undecodable(request)
-                response = behavior(request, context)
-            except Exception as error:
-                if _is_abort(error, context):
-                    raise
-                call.fail(error, count)
-            _add_trailer(context, call.trailer(count))
+        started = time.perf_counter()
+        call, authorization = _begin(context)
+        token = calls.begin(call)
+        code = grpc.StatusCode.OK
+        try:
+            guard(authorization)
+            _refuse_undecodable(request)
+            response = behavior(request, context)
+            _add_trailer(context, call)
             return response
+        except Exception as error:
+            if _is_abort(error, context):
+                raise
+            code, status = _failure(error, method, call)
+            context.abort_with_status(status)
+        finally:
+            calls.end(token)
+            record(method, _outcome(context, code), time.perf_counter() - started, call)
 
     return handle
 
 
 def _wrap_stream(
-    behavior: Callable[..., Iterator[Any]], method: str, admit: _Check, guard: _Check
+    behavior: Callable[..., Iterator[Any]],
+    method: str,
+    admit: _Admit,
+    guard: _Guard,
+    record: _Recorder,
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         # Not a generator itself: the call is admitted (counted in flight) when grpcio calls
@@ -233,16 +238,23 @@ def _wrap_stream(
         return respond(request, context)
 
     def respond(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        with _call_scope(method, context) as (call, count):
-            try:
-                guard(context)
-                _refuse_undecodable(request)
-                yield from behavior(request, context)
-            except Exception as error:
-                if _is_abort(error, context):
-                    raise
-                call.fail(error, count)
-            _add_trailer(context, call.trailer(count))
+        started = time.perf_counter()
+        call, authorization = _begin(context)
+        token = calls.begin(call)
+        code = grpc.StatusCode.OK
+        try:
+            guard(authorization)
+            _refuse_undecodable(request)
+            yield from behavior(request, context)
+            _add_trailer(context, call)
+        except Exception as error:
+            if _is_abort(error, context):
+                raise
+            code, status = _failure(error, method, call)
+            context.abort_with_status(status)
+        finally:
+            calls.end(token)
+            record(method, _outcome(context, code), time.perf_counter() - started, call)
 
     return handle
 
@@ -276,30 +288,35 @@ def _refuse_undecodable(request: Any) -> None:
         )
 
 
-def _open(_context: grpc.ServicerContext) -> None:
+def _admit_any(_context: grpc.ServicerContext) -> None:
+    pass
+
+
+def _allow_any(_authorization: str | None) -> None:
     pass
 
 
 class CallInterceptor(grpc.ServerInterceptor):
     """`rights` maps each method of the service to the right it needs; those methods go
     through `gate` (when given), then the access policy. Others (health, reflection) are open
-    and never refused at shutdown; every call is logged and measured."""
+    and never refused at shutdown; every call is recorded."""
 
     def __init__(
         self, policy: AccessPolicy, rights: Mapping[str, Right], gate: ShutdownGate | None = None
     ) -> None:
         self._policy = policy
         self._rights = rights
-        self._admit = _open if gate is None else gate.admit
+        self._admit = _admit_any if gate is None else gate.admit
+        self._record = _Recorder()
 
-    def _checks(self, method: str) -> tuple[_Check, _Check]:
+    def _checks(self, method: str) -> tuple[_Admit, _Guard]:
         """The method's admission at the gate and its access check, in that order."""
         needed = self._rights.get(method)
         if needed is None:
-            return _open, _open
+            return _admit_any, _allow_any
 
-        def guard(context: grpc.ServicerContext) -> None:
-            self._policy.check(needed, metadata_value(context, "authorization"))
+        def guard(authorization: str | None) -> None:
+            self._policy.check(needed, authorization)
 
         return self._admit, guard
 
@@ -321,17 +338,17 @@ class CallInterceptor(grpc.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, admit, guard), **kwargs
+                _wrap_unary(handler.unary_unary, method, admit, guard, self._record), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, admit, guard), **kwargs
+                _wrap_unary(handler.stream_unary, method, admit, guard, self._record), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, admit, guard), **kwargs
+                _wrap_stream(handler.unary_stream, method, admit, guard, self._record), **kwargs
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, admit, guard), **kwargs
+            _wrap_stream(handler.stream_stream, method, admit, guard, self._record), **kwargs
         )

@@ -9,6 +9,7 @@ import grpc
 from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc
 
+from .. import calls
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
 from ..domain.records import IdempotencyKey
@@ -16,7 +17,7 @@ from ..domain.seeding import Phase, Progress
 from ..domain.validation import Violations
 from ..observability import SEED_ROWS, SEED_ROWS_PER_SECOND
 from . import convert
-from .interceptor import metadata_value, request_id
+from .interceptor import metadata_value
 
 __all__ = ["OrdersServicer"]
 
@@ -46,6 +47,11 @@ def _idempotency(
         return None
     digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
     return IdempotencyKey(key, method, digest)
+
+
+def _request_id() -> str | None:
+    call = calls.current()
+    return None if call is None else call.request_id
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
@@ -130,7 +136,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
                     return
                 if progress.phase == Phase.DONE:
                     _count_seed(progress)
-                yield convert.seed_message(progress, request_id.get())
+                yield convert.seed_message(progress, _request_id())
                 if progress.error is not None:
                     raise progress.error
         finally:
