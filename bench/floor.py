@@ -8,6 +8,8 @@ connection kept open, rows fetched as tuples.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from array import array
 from collections.abc import Iterable
@@ -15,13 +17,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from google.protobuf.timestamp_pb2 import Timestamp
+from orders.v1 import orders_pb2 as pb
 
 from server.domain.seeding import seed_email
 
 from .rows import customer_rows, item_rows, order_rows
 from .stack import libpq, pid_cpu
 
-__all__ = ["FloorReader", "FloorSeeder"]
+__all__ = ["FloorReader", "FloorSeeder", "ListOrdersFloor"]
 
 
 class FloorSeeder:
@@ -202,3 +206,81 @@ class FloorReader:
     def explain(self, query: str, params: tuple[Any, ...]) -> str:
         rows = self.conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", params).fetchall()
         return "\n".join(r[0] for r in rows)
+
+
+# The service's two statements of a ListOrders page with a status filter, as it sends them
+# (server/storage/repository.py): the orders joined to their customers, timestamps as
+# microseconds since the epoch (what a protobuf Timestamp is made of, no datetime per field),
+# then the page's items walking the (order_id, id) index backwards up to the page's item
+# budget (5,000 + 1). Written out here, not imported: the floor is code of its own.
+_US = "(extract(epoch FROM {}) * 1000000)::int8"
+_PAGE_ORDERS = (
+    "SELECT o.id, o.customer_id, o.status, o.is_archived, o.total_cents,"
+    f" {_US.format('o.created_at')}, {_US.format('o.updated_at')}, c.email, c.name,"
+    f" {_US.format('c.created_at')}"
+    " FROM orders o JOIN customers c ON c.id = o.customer_id"
+    " WHERE TRUE AND o.status = %s AND NOT o.is_archived ORDER BY o.id DESC LIMIT %s"
+)
+_PAGE_ITEMS = (
+    "SELECT order_id, id, sku, quantity, unit_price_cents FROM order_items"
+    " WHERE order_id = ANY(%s) ORDER BY order_id DESC, id DESC LIMIT %s"
+)
+_PAGE_ITEM_BUDGET = 5_000
+_STATUS = {name: pb.Order.Status.Value(name) for name in ("DRAFT", "PAID", "SHIPPED", "CANCELLED")}
+
+
+def _stamp(us: int) -> Timestamp:
+    return Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
+
+
+class ListOrdersFloor:
+    """ListOrders(status, page_size) without the service: the same two statements on a plain
+    psycopg connection (prepared, autocommit), the orders_pb2.ListOrdersResponse built from
+    the rows, serialized. What any Python gRPC server has to do for that page, and no more."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(libpq(database_url), autocommit=True, connect_timeout=5)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def page(self, status: str, limit: int) -> bytes:
+        rows = self.conn.execute(_PAGE_ORDERS, (status, limit), prepare=True).fetchall()
+        reply = pb.ListOrdersResponse()
+        if not rows:
+            return reply.SerializeToString()
+        ids = [r[0] for r in rows]
+        fetched = self.conn.execute(
+            _PAGE_ITEMS, (ids, _PAGE_ITEM_BUDGET + 1), prepare=True
+        ).fetchall()
+        items: dict[int, list[pb.OrderItem]] = {order_id: [] for order_id in ids}
+        for order_id, item_id, sku, quantity, price in fetched:
+            items[order_id].append(
+                pb.OrderItem(id=item_id, sku=sku, quantity=quantity, unit_price_cents=price)
+            )
+        customers: dict[int, pb.Customer] = {}
+        for order_id, cid, state, archived, total, created, updated, email, name, since in rows:
+            customer = customers.get(cid)
+            if customer is None:
+                customer = customers[cid] = pb.Customer(
+                    id=cid, email=email, name=name, created_at=_stamp(since)
+                )
+            lines = items[order_id]
+            lines.reverse()
+            reply.orders.append(
+                pb.Order(
+                    id=order_id,
+                    customer_id=cid,
+                    customer=customer,
+                    status=_STATUS[state],
+                    is_archived=archived,
+                    total_cents=total,
+                    items=lines,
+                    created_at=_stamp(created),
+                    updated_at=_stamp(updated),
+                )
+            )
+        if len(rows) == limit:  # a next page may follow: a keyset token, as the service's
+            raw = json.dumps({"after": ids[-1], "f": "0" * 16}, separators=(",", ":"))
+            reply.next_page_token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return reply.SerializeToString()
