@@ -383,6 +383,20 @@ class Server:
             process.wait(10)
 
 
+def seed_through_rpc(address: str, customers: int, orders: int, items: int) -> None:
+    """The Seed RPC to its end; RuntimeError unless its last message says it is done."""
+    from orders.v1 import orders_pb2 as pb
+    from orders.v1 import orders_pb2_grpc as pb_grpc
+
+    request = pb.SeedRequest(customers=customers, orders_per_customer=orders, items_per_order=items)
+    last = None
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        for message in pb_grpc.OrdersServiceStub(channel).Seed(request, timeout=1800):
+            last = message
+    if last is None or not last.done or last.phase != pb.SeedResponse.PHASE_DONE:
+        raise RuntimeError(f"the seed did not finish: {last}")
+
+
 # --------------------------------------------------------------------------------------------
 # Envoy
 

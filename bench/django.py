@@ -1,0 +1,393 @@
+"""The service beside the Django service it replaces (`scripts/bench --django PATH`, PATH the
+Django peer: bench/peer.py). Without it every row of this phase says n/a and nothing runs.
+
+Both get the same data, 2,000 customers x 10 orders x 5 items: ours in a throwaway database
+of its own, seeded through the Seed RPC, then VACUUM ANALYZE, served by our server behind the
+project's Envoy as scripts/run does; Django's through its seed.py. Then, through REST:
+- latencies with a new TCP connection for each request, for both (gunicorn's sync workers
+  close every connection), from one light client (bench/rest.py), the cases of both services
+  interleaved in rounds (bench/stats.py), every answer checked after the clock stops;
+- `wrk -t2 -c16` on the summary and the paid list, both services alternated.
+django-down.sh runs at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import stack
+from .peer import DjangoPeer
+from .report import Row, Table, fmt_mb, fmt_ms, fmt_ratio, verdict
+from .rest import Fresh
+from .stack import BenchDatabases, Gateway, Server, libpq, say
+from .stats import Case, run_interleaved
+
+__all__ = ["DjangoPhase"]
+
+SEED = (2000, 10, 5)
+NOBODY = "nobody-matches-this"
+OUR_BROAD, DJANGO_BROAD = "seed-1", "USER1"  # the same 1,111 of 2,000 customers in each
+
+
+@dataclass(frozen=True)
+class Budget:
+    seconds_per_case: float  # over all rounds
+    rounds: int
+    wrk_seconds: int
+    wrk_rounds: int
+
+
+BUDGETS = {
+    "tiny": Budget(0.6, 2, 1, 1),
+    "small": Budget(2.0, 3, 3, 1),
+    "medium": Budget(4.0, 4, 5, 2),
+    "large": Budget(4.0, 4, 5, 2),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    label: str  # on the chart
+    ours: str  # the path, {id} for a random existing customer
+    django: str
+    target: float  # ours faster by at least this (Django p50 / ours, or our req/s / Django's)
+    orders: int | None  # orders each answer must hold (None: not a list)
+
+
+PAID_OURS = "/api/orders/?status=paid&page_size=50"
+PAID_DJANGO = "/api/orders/?status=paid&limit=50"
+LATENCY = (
+    Workload(
+        "detail", "customer detail", "customer\ndetail",
+        "/api/customers/{id}/", "/api/customers/{id}/", 2.5, None,
+    ),
+    Workload(
+        "summary", "summary(50)", "summary\n(50)",
+        "/api/orders/summary/?limit=50", "/api/orders/summary/?limit=50", 8, None,
+    ),
+    Workload("paid", "paid list of 50", "paid list\nof 50", PAID_OURS, PAID_DJANGO, 5, 50),
+    Workload(
+        "broad", "paid list of 50 + a broad email substring", "paid list of 50\n+ broad email",
+        f"{PAID_OURS}&email={OUR_BROAD}", f"{PAID_DJANGO}&email={DJANGO_BROAD}", 5, 50,
+    ),
+    Workload(
+        "nobody", "paid list + an email matching nobody", "paid list +\nemail matching\nnobody",
+        f"{PAID_OURS}&email={NOBODY}", f"{PAID_DJANGO}&email={NOBODY}", 3, 0,
+    ),
+)  # fmt: skip
+WRK = ((LATENCY[1], 8.0), (LATENCY[2], 5.0))  # (workload, target)
+
+
+def _orders_of(body: Any) -> list[Any]:
+    """The orders of a list answer: ours {"orders": [...]}, Django's a JSON array."""
+    return list(body if isinstance(body, list) else body.get("orders", []))
+
+
+class DjangoPhase:
+    def __init__(
+        self,
+        folder: Path | None,
+        size_name: str,
+        dbs: BenchDatabases,
+        log_dir: Path,
+        install: bool,
+        chart: Path | None,
+    ) -> None:
+        self.peer = DjangoPeer(folder, log_dir / "django-peer.log") if folder else None
+        self.budget = BUDGETS[size_name]
+        self.dbs = dbs
+        self.log_dir = log_dir
+        self.install = install
+        self.chart = chart
+        self.server: Server | None = None
+        self.gateway: Gateway | None = None
+        self.url: str | None = None
+        self.figures: dict[str, Any] = {}
+        self.queries: dict[str, set[str]] = {}  # Django's X-DB-Queries, by case
+
+    def run(self, table: Table) -> None:
+        if self.peer is None:
+            self._rows(table, None, "no --django PATH given")
+            return
+        try:
+            self._ours()
+            self._django()
+            cases = self._latencies()
+            runs = self._wrk()
+            assert self.server is not None
+            self.figures["server_rss"] = self.server.rss()
+        except BaseException as exc:
+            self._rows(table, None, f"the phase failed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.close()
+        self._rows(table, (cases, runs), "")
+        if self.chart is not None:
+            self._chart()
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.down()
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.url is not None:
+            self.dbs.drop(self.url)
+            self.url = None
+
+    def _ours(self) -> None:
+        c, o, i = SEED
+        self.url = self.dbs.create("django")
+        stack.migrate(self.url, self.log_dir / "migrate-django.log")
+        self.server = Server(self.url, "server-vs-django", self.log_dir / "server-vs-django.log")
+        self.server.start()
+        self.gateway = Gateway(self.server, self.log_dir / "envoy-vs-django.log")
+        self.gateway.start()
+        say(f"vs Django: seeding ours {c:,}x{o}x{i} through Seed")
+        started = time.perf_counter()
+        stack.seed_through_rpc(self.server.address, c, o, i)
+        with psycopg.connect(libpq(self.url), autocommit=True, connect_timeout=5) as conn:
+            conn.execute("VACUUM (ANALYZE)")
+            self.our_ids = [int(r[0]) for r in conn.execute("SELECT id FROM customers")]
+            row = conn.execute(
+                "SELECT count(*) FROM customers WHERE email_key LIKE %s", (f"%{OUR_BROAD}%",)
+            ).fetchone()
+        self.figures["our_seed_seconds"] = round(time.perf_counter() - started, 1)
+        self.our_broad = f"{row[0] if row else '?'} of {len(self.our_ids)}"
+
+    def _django(self) -> None:
+        assert self.peer is not None
+        c, o, i = SEED
+        say("vs Django: starting the Django peer (pg-up.sh, django-up.sh)")
+        self.peer.up()
+        say(f"vs Django: seeding the Django peer {c:,}x{o}x{i} (its seed.py, ~40 s)")
+        started = time.perf_counter()
+        self.peer.seed(c, o, i)
+        self.figures["django_seed_seconds"] = round(time.perf_counter() - started, 1)
+        try:
+            self.django_ids, self.django_broad = self.peer.customers(DJANGO_BROAD)
+        except psycopg.Error as exc:
+            self.django_ids, self.django_broad = list(range(1, c + 1)), f"? ({exc})"
+
+    def _case(
+        self, name: str, port: int, path: str, ids: list[int], orders: int | None, rng: Any
+    ) -> Case:
+        client = Fresh("127.0.0.1", port)
+        wanted = [0]
+        queries = self.queries.setdefault(name, set())
+        needle = path.partition("email=")[2].lower()
+
+        def call() -> int | None:
+            wanted[0] = rng.choice(ids)
+            client.get(path.format(id=wanted[0]))
+            return None
+
+        def check() -> None:
+            assert client.last is not None
+            body = client.last.json()
+            if "{id}" in path:
+                assert str(body.get("id")) == str(wanted[0]), body
+            elif orders is None:
+                rows = body if isinstance(body, list) else body.get("customers", [])
+                assert len(rows) == 50, f"{len(rows)} summary rows, not 50"
+            else:
+                found = _orders_of(body)
+                assert len(found) == orders, f"{len(found)} orders, not {orders}"
+                for order in found:
+                    assert str(order.get("status")).lower() == "paid", order.get("status")
+                    assert len(order.get("items", ())) == 5, f"{len(order['items'])} items"
+                    assert needle in order["customer"]["email"].lower(), order["customer"]
+            if "x-db-queries" in client.last.headers:
+                queries.add(client.last.headers["x-db-queries"])
+
+        return Case(name, call, check=check)
+
+    def _latencies(self) -> dict[str, tuple[Case, Case]]:
+        assert self.gateway is not None and self.peer is not None
+        b = self.budget
+        rng = random.Random(11)
+        cases: dict[str, tuple[Case, Case]] = {}
+        for w in LATENCY:
+            ours = self._case(
+                f"ours {w.key}", self.gateway.http_port, w.ours, self.our_ids, w.orders, rng
+            )
+            django = self._case(
+                f"django {w.key}", self.peer.port, w.django, self.django_ids, w.orders, rng
+            )
+            cases[w.key] = (ours, django)
+        for ours, django in cases.values():  # one answer of each, checked, before measuring
+            for case in (ours, django):
+                if case.once() is None:
+                    raise RuntimeError(f"{case.name}: {case.last_error}")
+        say(
+            f"vs Django: REST latencies, {len(cases) * 2} cases interleaved,"
+            f" {b.seconds_per_case:.0f} s each"
+        )
+        run_interleaved(
+            [c for pair in cases.values() for c in pair],
+            seconds_per_case=b.seconds_per_case,
+            rounds=b.rounds,
+            max_calls_per_case=3000,
+        )
+        return cases
+
+    def _wrk(self) -> dict[str, tuple[list[Any], list[Any]]]:
+        assert self.gateway is not None and self.peer is not None
+        wrk = stack.ensure_wrk(self.install)
+        if not wrk:
+            return {}
+        b = self.budget
+        targets = {
+            w.key: (
+                f"http://127.0.0.1:{self.gateway.http_port}{w.ours}",
+                f"http://{self.peer.host}:{self.peer.port}{w.django}",
+            )
+            for w, _ in WRK
+        }
+        say(
+            f"vs Django: wrk -t2 -c16, {len(targets) * 2} x {b.wrk_rounds} runs"
+            f" of {b.wrk_seconds} s"
+        )
+        runs: dict[str, tuple[list[Any], list[Any]]] = {k: ([], []) for k in targets}
+        for ours_url, django_url in targets.values():
+            stack.run_wrk(wrk, ours_url, 2, 16, 1)  # warm-up
+            stack.run_wrk(wrk, django_url, 2, 16, 1)
+        order = [(k, side) for k in targets for side in (0, 1)]
+        for r in range(b.wrk_rounds):
+            for key, side in order if r % 2 == 0 else list(reversed(order)):
+                runs[key][side].append(stack.run_wrk(wrk, targets[key][side], 2, 16, b.wrk_seconds))
+        return runs
+
+    def _rows(
+        self,
+        table: Table,
+        measured: tuple[dict[str, tuple[Case, Case]], dict[str, Any]] | None,
+        why: str,
+    ) -> None:
+        rss = self.figures.get("server_rss")
+        said = [why]  # said once, on the first row, when nothing was measured
+        for w in LATENCY:
+            title = f"REST vs Django: {w.title} p50, a new connection a request"
+            target = f">= {w.target:g}x faster (Django p50 / ours)"
+            if measured is None:
+                note = said.pop() if said else ""
+                table.add(
+                    Row(title, "n/a", "Django: n/a", "n/a", target=target, verdict="n/a", note=note)
+                )
+                continue
+            cases = measured[0]
+            ours, django = cases[w.key]
+            ratio = django.p50_ms / ours.p50_ms if ours.n and django.n else float("nan")
+            errors = "".join(
+                f"; {c.name}: {c.errors} errors ({c.last_error})"
+                for c in (ours, django)
+                if c.errors
+            )
+            queries = ",".join(sorted(self.queries.get(django.name, ())))
+            checked = (
+                "the customer asked for"
+                if "{id}" in w.ours
+                else "50 rows"
+                if w.orders is None
+                else f"{w.orders} paid orders of 5 items, the email matching"
+            )
+            if w.key == "broad" and self.our_broad != self.django_broad:
+                errors += "; NOT the same share of customers: the comparison does not hold"
+            table.add(
+                Row(
+                    title,
+                    fmt_ms(ours.p50_ms),
+                    f"Django: {fmt_ms(django.p50_ms)}",
+                    fmt_ratio(ratio),
+                    "",
+                    f"{fmt_ms(ours.p50_ms)} / {fmt_ms(ours.p99_ms)}",
+                    fmt_mb(rss),
+                    target,
+                    verdict(ratio >= w.target and not errors) if ratio == ratio else "n/a",
+                    note=f"ours {w.ours}, Django {w.django}; Django p50 / p99"
+                    f" {fmt_ms(django.p50_ms)} / {fmt_ms(django.p99_ms)}; {ours.n} and {django.n}"
+                    f" calls, each answer checked (200, {checked}); Django's SQL statements a"
+                    f" request: {queries or '?'}"
+                    + (
+                        f"; customers matching: ours {self.our_broad}, Django {self.django_broad}"
+                        if w.key == "broad"
+                        else ""
+                    )
+                    + errors,
+                )
+            )
+        for w, goal in WRK:
+            title = f"REST vs Django: {w.title}, wrk -t2 -c16"
+            target = f">= {goal:g}x Django's req/s"
+            runs = measured[1].get(w.key) if measured is not None else None
+            if not runs:
+                if measured is None:
+                    note = said.pop() if said else ""
+                else:
+                    note = "wrk is not installed (Debian package wrk) and was not installed"
+                table.add(
+                    Row(title, "n/a", "Django: n/a", "n/a", target=target, verdict="n/a", note=note)
+                )
+                continue
+            ours_runs, django_runs = runs
+            ours_rps = sum(r.requests_per_second for r in ours_runs) / len(ours_runs)
+            django_rps = sum(r.requests_per_second for r in django_runs) / len(django_runs)
+            failed = sum(r.errors for r in ours_runs), sum(r.errors for r in django_runs)
+            ratio = ours_rps / django_rps if django_rps else float("nan")
+            self.figures[f"wrk {w.key}"] = (ours_rps, django_rps)
+            table.add(
+                Row(
+                    title,
+                    f"{ours_rps:,.0f} req/s",
+                    f"Django: {django_rps:,.0f} req/s",
+                    fmt_ratio(ratio),
+                    "",
+                    f"{fmt_ms(statistics.median(r.p50_ms for r in ours_runs))} /"
+                    f" {fmt_ms(max(r.p99_ms for r in ours_runs))}",
+                    fmt_mb(rss),
+                    target,
+                    verdict(ratio >= goal and failed == (0, 0)),
+                    note=f"{len(ours_runs)} runs of {ours_runs[0].duration:.0f} s each, alternated;"
+                    f" ours {w.ours} through Envoy (wrk keeps its connections), Django {w.django}"
+                    " (gunicorn closes each); Django p50 / p99"
+                    f" {fmt_ms(statistics.median(r.p50_ms for r in django_runs))} /"
+                    f" {fmt_ms(max(r.p99_ms for r in django_runs))}; errors: ours {failed[0]},"
+                    f" Django {failed[1]}",
+                )
+            )
+        if measured is not None:
+            self.figures["latency"] = {
+                w.key: (measured[0][w.key][0].p50_ms, measured[0][w.key][1].p50_ms) for w in LATENCY
+            }
+
+    def _chart(self) -> None:
+        assert self.chart is not None
+        from .chart import write_chart
+
+        try:
+            write_chart(
+                self.chart,
+                [(w.label, *self.figures["latency"][w.key]) for w in LATENCY],
+                [
+                    (f"{w.label}\n(wrk -t2 -c16)", *self.figures[f"wrk {w.key}"])
+                    for w, _ in WRK
+                    if f"wrk {w.key}" in self.figures
+                ],
+                f"This project vs the Django service it replaces, {SEED[0]:,} customers x"
+                f" {SEED[1]} orders x {SEED[2]} items, REST, 127.0.0.1",
+            )
+            say(f"vs Django: chart written to {self.chart}")
+        except ImportError as exc:
+            say(f"vs Django: no chart ({exc}; matplotlib is in the dev extra)")
