@@ -15,8 +15,12 @@ Phases, in order:
    client) vs REST through Envoy (wrk);
 4. (large only) more seeds to reach 1M orders / 100k customers, then VACUUM ANALYZE;
 5. latencies, every case interleaved in rounds: GetSummary and ListOrders at 1k orders and at
-   the large size, GetOrder, and the hand-written SQL of each;
-6. memory: the server's RSS over a mixed load after a warm-up.
+   the large size, GetOrder, and the hand-written SQL of each; GetCustomer against
+   Health/Check and through Envoy, ListOrders against a psycopg + protobuf floor
+   (bench/overhead.py);
+6. memory: the server's RSS over a mixed load after a warm-up;
+7. with --django PATH, the same workloads over REST beside the Django service this one
+   replaces (bench/django.py); without it, those rows say n/a.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ import psycopg
 from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
+from .django import DjangoPhase
 from .floor import SUMMARY_AGGREGATE, SUMMARY_ROLLUP, FloorReader, FloorSeeder, list_sql
 from .load import LoadResult, planned_start, run_load
+from .overhead import Overhead
+from .peer import check_peer
 from .report import Row, Table, fmt_mb, fmt_ms, fmt_ratio, verdict
 from .stack import (
     DEFAULT_ADMIN_URL,
@@ -81,6 +88,8 @@ PAID = pb.Order.Status.Value("PAID")
 #   orders: the worst case, reported beside the targets (docs/benchmarks.md says why).
 EMAIL = "seed-5"
 EMAIL_SPREAD = "7@"
+# An email no customer has: the search must find nothing fast, at any size.
+NOBODY = "nobody-matches-this"
 SMALL_SEED = (50, 5, 3)
 REFERENCE = (100, 10, 5)  # the 1k-order database
 DJANGO_SUMMARY_RPS = 26
@@ -158,7 +167,15 @@ class SeedResult:
 
 
 class Bench:
-    def __init__(self, size_name: str, admin_url: str, install: bool, log_dir: Path) -> None:
+    def __init__(
+        self,
+        size_name: str,
+        admin_url: str,
+        install: bool,
+        log_dir: Path,
+        django: Path | None = None,
+        chart: Path | None = None,
+    ) -> None:
         self.size_name = size_name
         self.size = SIZES[size_name]
         self.install = install
@@ -170,6 +187,7 @@ class Bench:
         self.table = Table()
         self.channels: list[grpc.Channel] = []
         self.facts: dict[str, Any] = {}
+        self.django = DjangoPhase(django, size_name, self.dbs, log_dir, install, chart)
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -183,6 +201,7 @@ class Bench:
         if self.size.fills:
             phases += [("fill", self.fill), ("settle again", self.settle)]
         phases += [("latencies", self.latencies), ("memory", self.memory)]
+        phases.append(("vs Django", lambda: self.django.run(self.table)))
         timings = self.facts["phase_seconds"] = {}
         for name, phase in phases:
             started = time.monotonic()
@@ -191,6 +210,11 @@ class Bench:
             say(f"{name}: {timings[name]:.0f} s")
 
     def close(self) -> None:
+        self.facts["django"] = self.django.figures
+        try:
+            self.django.close()
+        except Exception as exc:  # the rest must still be stopped and dropped
+            say(f"cleanup of the Django phase: {exc}")
         for channel in self.channels:
             channel.close()
         if self.gateway is not None:
@@ -755,8 +779,6 @@ class Bench:
                     note="wrk is not installed (Debian package wrk) and was not installed",
                 )
             )
-        self.gateway.stop()
-        self.gateway = None
 
     def _h2load(
         self, h2load: str, server: Server, seconds: float
@@ -873,6 +895,10 @@ class Bench:
                 {"status": None, "email": EMAIL_SPREAD},
             ),
             f"email '{EMAIL}'": ({"email": EMAIL}, {"status": None, "email": EMAIL}),
+            f"email '{NOBODY}' (no customer)": (
+                {"email": NOBODY},
+                {"status": None, "email": NOBODY},
+            ),
         }
         walks: dict[str, tuple[str, int] | None] = {}
         one_customer: dict[str, str] = {}
@@ -938,6 +964,22 @@ class Bench:
             cases["page100x50 floor large"] = Case(
                 "", lambda a=after: floors["large"].list_orders(None, None, a, limit=50)
             )
+        # GetCustomer against Health/Check and through Envoy, ListOrders against the
+        # psycopg + protobuf floor (bench/overhead.py), interleaved with the rest.
+        if self.gateway is None:
+            self.gateway = Gateway(self.srv_large, self.log_dir / "envoy.log")
+            self.gateway.start()
+        overhead = Overhead(
+            self.srv_large.address,
+            self.url_large,
+            self.gateway.http_port,
+            [
+                (big, self.url_large, self.srv_large.address),
+                ("1k", self.url_1k, self.srv_1k.address),
+            ],
+        )
+        for key, case in overhead.build().items():
+            cases[f"overhead {key}"] = case
         try:
             run_interleaved(
                 list(cases.values()),
@@ -949,6 +991,7 @@ class Bench:
         finally:
             for f in floors.values():
                 f.close()
+            overhead.close()
         rss = {"1k": self.srv_1k.rss(), "large": self.srv_large.rss()}
         self.latency_cases = cases
         at = {"1k": "@1k", "large": f"@{big}"}
@@ -1126,6 +1169,7 @@ class Bench:
                 verdict(most is not None and most <= 2),
             )
         )
+        overhead.rows(self.table, f"@{big}", rss["large"])
 
     def _explain(
         self,
@@ -1145,6 +1189,7 @@ class Bench:
                 ("list, status=PAID", "PAID", None, None, 50),
                 (f"list, email {EMAIL_SPREAD!r}", None, EMAIL_SPREAD, None, 50),
                 (f"list, email {EMAIL!r}", None, EMAIL, None, 50),
+                (f"list, email {NOBODY!r}", None, NOBODY, None, 50),
                 (f"list, status=PAID + email {EMAIL!r}", "PAID", EMAIL, None, 50),
                 (f"list, email {one_customer[where]!r}", None, one_customer[where], None, 50),
                 ("list, page 100 at 5 a page", None, None, (walks.get(where) or ("", 0))[1], 5),
@@ -1262,7 +1307,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install wrk")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--django",
+        type=Path,
+        metavar="PATH",
+        help="the Django peer (a folder with pg-up.sh, django-up.sh, seed.py, django-down.sh):"
+        " measure ours beside it through REST; without it the Django rows are n/a",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        metavar="PATH",
+        help="where the Django comparison's chart (SVG) goes; default"
+        " docs/benchmarks-django.svg when --django is given",
+    )
     args = parser.parse_args(argv)
+    if args.django is not None:
+        check_peer(args.django)
+    chart = args.chart
+    if chart is None and args.django is not None:
+        chart = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-django.svg"
 
     admin_url = os.environ.get("BENCH_DATABASE_URL", "").strip() or DEFAULT_ADMIN_URL
     log_dir = Path(tempfile.mkdtemp(prefix="orders-bench-"))
@@ -1274,7 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = loadavg()
     when = datetime.now(UTC)
-    bench = Bench(args.size, admin_url, not args.no_install, log_dir)
+    bench = Bench(args.size, admin_url, not args.no_install, log_dir, args.django, chart)
     failure = ""
     try:
         bench.run()

@@ -30,7 +30,22 @@ ROWS = (
     "ListOrders email",
     "ListOrders page 100 (5 a page) p50",
     "ListOrders: SQL statements a page",
+    "ListOrders email 'nobody-matches-this' (no customer) p50",
+    "GetCustomer vs Health/Check p50",
+    "ListOrders status=PAID page_size=50 (50 orders x 5 items) p50",
+    "GetCustomer through Envoy (native gRPC) p50",
+    "GetCustomer through Envoy (REST, one kept-alive HTTP/1.1 connection) p50",
     "server RSS over",
+)
+# Without --django PATH the comparison with the Django service does not run: its rows say n/a.
+DJANGO_ROWS = (
+    "REST vs Django: customer detail p50",
+    "REST vs Django: summary(50) p50",
+    "REST vs Django: paid list of 50 p50",
+    "REST vs Django: paid list of 50 + a broad email substring p50",
+    "REST vs Django: paid list + an email matching nobody p50",
+    "REST vs Django: summary(50), wrk -t2 -c16",
+    "REST vs Django: paid list of 50, wrk -t2 -c16",
 )
 
 
@@ -74,6 +89,10 @@ def test_bench_tiny_runs_every_phase_and_cleans_up() -> None:
     assert statements[-1] == "PASS", statements
     pages = next(v for k, v in table.items() if k.startswith("ListOrders: SQL statements"))
     assert pages[-1] == "PASS", pages
+    for row in DJANGO_ROWS:
+        cells = next((v for k, v in table.items() if k.startswith(row)), None)
+        assert cells is not None, f"no row {row!r}:\n{out}"
+        assert cells[1] == "n/a" and cells[-1] == "n/a", cells
     assert re.search(r"^targets: \d+ PASS, \d+ FAIL, \d+ n/a$", out, re.M), out
 
     prefix = re.search(r"creating databases (orders_bench_[0-9a-f]+)_", done.stderr)
