@@ -98,9 +98,11 @@ class Sql:
         postgresql = _US.sub(r"(extract(epoch FROM \1) * 1000000)::int8", template)
         postgresql = _IN.sub(r"= ANY(\1)", postgresql)
         self.postgresql = _PARAMETER.sub(r"%(\1)s", postgresql)
-        # SQLAlchemy stores SQLite timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
+        # SQLAlchemy stores SQLite timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. The
+        # whole seconds and the microseconds are read apart: strftime rounds to milliseconds,
+        # which turns 21.999845 into 22.
         self.sqlite = _US.sub(
-            r"(CAST(strftime('%s', \1) AS INTEGER) * 1000000"
+            r"(CAST(strftime('%s', substr(\1, 1, 19)) AS INTEGER) * 1000000"
             r" + CAST(substr(\1, 21, 6) AS INTEGER))",
             template if sqlite is None else sqlite,
         )

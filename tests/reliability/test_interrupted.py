@@ -22,19 +22,23 @@ import http.client
 import json
 import signal
 import socket
+import sqlite3
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import figures
 import grpc
+import psycopg
 import sqlalchemy as sa
 from gateway_stack import Gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
     OrdersServer,
     ServerFactory,
+    libpq_conninfo,
     long_seed,
     new_customer,
     run_seed,
@@ -173,6 +177,29 @@ def _health(server: OrdersServer) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(stub.Check(request, timeout=5).status)
 
 
+@contextmanager
+def _writes_held(database_url: str, customer_id: int) -> Iterator[None]:
+    """Holds back every CreateOrder for `customer_id` until the block ends: SQLite's write
+    lock (BEGIN IMMEDIATE), or on PostgreSQL the customer's row locked FOR UPDATE, which the
+    new order's foreign key check waits for. Calls held so are surely in flight, however fast
+    the server answers."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        with closing(sqlite3.connect(str(url.database), isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
+        return
+    with psycopg.connect(libpq_conninfo(database_url), connect_timeout=5) as conn:
+        conn.execute("SELECT 1 FROM customers WHERE id = %s FOR UPDATE", (customer_id,))
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
 def test_sigterm_under_load_drains_then_refuses_as_unavailable(
     start_server: Callable[..., OrdersServer], backend: str
 ) -> None:
@@ -197,12 +224,19 @@ def test_sigterm_under_load_drains_then_refuses_as_unavailable(
     workers |= {f"writer-{i}": writer(s) for i, s in enumerate(stubs[4:])}
     load = Load(workers, max_seconds=60).start()
     load.wait_for_calls(12, timeout=30)
-    signalled = time.monotonic()
-    server.signal(signal.SIGTERM)
-    # At once NOT_SERVING, so that balancers stop sending calls here...
-    while (health := _health(server)) == "SERVING" and time.monotonic() < signalled + DRAIN / 2:
-        time.sleep(0.02)
-    not_serving_after = time.monotonic() - signalled
+    # The writers' next calls wait on a lock across the signal: in flight at the signal, and
+    # held there for a while after it.
+    with _writes_held(server.database_url, customer.id):
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        # At once NOT_SERVING, so that balancers stop sending calls here...
+        while (health := _health(server)) == "SERVING" and (
+            time.monotonic() < signalled + DRAIN / 2
+        ):
+            time.sleep(0.02)
+        not_serving_after = time.monotonic() - signalled
+        time.sleep(max(0.0, signalled + 0.3 - time.monotonic()))
     code = server.wait(timeout=30)
     stopped = time.monotonic()
     time.sleep(0.5)  # calls after the exit: refused
