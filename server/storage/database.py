@@ -176,6 +176,7 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=5,
+                pool_use_lifo=True,
                 connect_args=connect_args,
             )
         else:
