@@ -110,7 +110,7 @@ def test_error_reasons_name_what_went_wrong(stub) -> None:
         ),
         (
             stub.CreateOrder,
-            pb.CreateOrderRequest(customer_id=2**62),
+            pb.CreateOrderRequest(customer_id=2**62, items=[item()]),
             grpc.StatusCode.NOT_FOUND,
             "CUSTOMER_NOT_FOUND",
         ),

@@ -233,7 +233,7 @@ def test_malformed_page_token_is_invalid_argument(stub, token: str) -> None:
 
 def test_page_size_zero_means_50_and_the_last_page_has_no_token(stub) -> None:
     customer = new_customer(stub)
-    created = [new_order(stub, customer.id, []) for _ in range(53)]
+    created = [new_order(stub, customer.id) for _ in range(53)]
     first = stub.ListOrders(pb.ListOrdersRequest(customer_id=customer.id))
     assert len(first.orders) == 50 and first.next_page_token
     second = stub.ListOrders(
@@ -246,7 +246,7 @@ def test_page_size_zero_means_50_and_the_last_page_has_no_token(stub) -> None:
 def test_exactly_full_last_page_ends_pagination(stub) -> None:
     customer = new_customer(stub)
     for _ in range(4):
-        new_order(stub, customer.id, [])
+        new_order(stub, customer.id)
     seen: list[int] = []
     token = ""
     for _ in range(4):
@@ -280,8 +280,10 @@ def test_a_page_ends_after_whole_orders_once_it_holds_5000_items(stub) -> None:
     # and Envoy's transcoding buffer. A page holds whole orders only, at most 5,000 items.
     customer = new_customer(stub)
     wide = [item(f"W-{n:04d}", 1, 1) for n in range(1000)]
-    made = [new_order(stub, customer.id, wide).id for _ in range(7)]
-    made.append(new_order(stub, customer.id, []).id)  # the newest holds no item
+    made = [new_order(stub, customer.id, wide).id for _ in range(6)]
+    # The newest two hold 999 items and one: with four more of 1,000, exactly 5,000.
+    made.append(new_order(stub, customer.id, wide[:999]).id)
+    made.append(new_order(stub, customer.id, [item("ONE", 1, 1)]).id)
     pages = []
     token = ""
     for _ in range(10):
@@ -292,13 +294,13 @@ def test_a_page_ends_after_whole_orders_once_it_holds_5000_items(stub) -> None:
         token = page.next_page_token
         if not token:
             break
-    # Newest first: the empty order and five of 1,000 items, then the last two.
+    # Newest first: the orders of one and 999 items and four of 1,000, then the last two.
     assert [len(page.orders) for page in pages] == [6, 2]
     assert [o.id for page in pages for o in page.orders] == sorted(made, reverse=True)
     for page in pages:
         for order in page.orders:
-            expected = [] if order.id == made[-1] else [line.sku for line in wide]
-            assert [line.sku for line in order.items] == expected, order.id
+            lines = {made[-1]: [item("ONE", 1, 1)], made[-2]: wide[:999]}.get(order.id, wide)
+            assert [line.sku for line in order.items] == [line.sku for line in lines], order.id
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,16 @@ cancel regression of the Django version."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from harness import (
+    ROOT,
+    OrdersServer,
     Status,
     expect_error,
     item,
@@ -16,10 +20,24 @@ from harness import (
     new_customer,
     new_order,
     order_in_status,
+    run_seed,
+    seed_request,
+    table_counts,
 )
 from orders.v1 import orders_pb2 as pb
 
+# tests/gateway's helpers (an Envoy rendered from envoy.yaml, a REST caller), for the one REST
+# case here; the gateway package itself is at the top of the repository.
+for _path in (str(ROOT / "tests" / "gateway"), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from gateway_stack import start_envoy  # noqa: E402
+from rest_client import RestClient  # noqa: E402
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# What Envoy does with a request does not depend on the database: those cases run on SQLite.
+ONE_BACKEND = pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 STATUSES = [Status.DRAFT, Status.PAID, Status.SHIPPED, Status.CANCELLED]
@@ -74,10 +92,57 @@ def test_get_order_returns_what_create_stored(stub) -> None:
     assert _get(stub, order.id) == order
 
 
-def test_order_without_items_has_total_zero(stub) -> None:
-    order = new_order(stub, new_customer(stub).id, [])
-    assert order.total_cents == 0 and len(order.items) == 0
-    assert _get(stub, order.id) == order
+def test_order_without_items_is_invalid_argument_naming_items_and_creates_nothing(
+    shared_server: OrdersServer,
+) -> None:
+    stub = shared_server.stub
+    customer = new_customer(stub)
+    before = table_counts(shared_server.database_url)
+    # proto3 cannot tell an empty list from an absent one: this is both.
+    got = expect_error(
+        stub.CreateOrder, pb.CreateOrderRequest(customer_id=customer.id), INVALID, fields=["items"]
+    )
+    assert "at least one item" in got.violations[0].description, got.violations
+    assert "items" in got.message and "at least one item" in got.message, got.message
+    # Every bad field at once, and before the customer is looked up.
+    expect_error(
+        stub.CreateOrder, pb.CreateOrderRequest(), INVALID, fields=["customer_id", "items"]
+    )
+    expect_error(
+        stub.CreateOrder, pb.CreateOrderRequest(customer_id=2**62), INVALID, fields=["items"]
+    )
+    assert table_counts(shared_server.database_url) == before
+    assert list_all_orders(stub, customer_id=customer.id, include_archived=True) == []
+
+
+@ONE_BACKEND
+def test_order_without_items_is_a_400_over_rest(
+    shared_server: OrdersServer, tmp_path: Path
+) -> None:
+    envoy = start_envoy(shared_server.port, tmp_path / "envoy.log")
+    try:
+        rest = RestClient("127.0.0.1", envoy.config.http_port)
+        customer = new_customer(shared_server.stub)
+        before = table_counts(shared_server.database_url)
+        for body in ({"customer_id": str(customer.id), "items": []}, {"customer_id": customer.id}):
+            error = rest.post("/api/orders/", body).error(400)
+            assert error["code"] == INVALID.value[0], error
+            assert "at least one item" in error["message"], error
+            (bad_request,) = error["details"]
+            assert [v["field"] for v in bad_request["field_violations"]] == ["items"], error
+        assert table_counts(shared_server.database_url) == before
+    finally:
+        envoy.stop()
+
+
+def test_a_seed_still_makes_orders_without_items_when_asked(stub) -> None:
+    # Seed rows skip CreateOrder's rules: `items_per_order: 0` is how to get empty orders.
+    run_seed(stub, seed_request(2, 2, 0)).expect_done()
+    # Newest first: the seed's four orders, whatever their status.
+    seeded = stub.ListOrders(pb.ListOrdersRequest(page_size=4, include_archived=True)).orders
+    assert len(seeded) == 4
+    assert all(len(o.items) == 0 and o.total_cents == 0 for o in seeded), seeded
+    assert all(o.customer.email.endswith(".invalid") for o in seeded), "made by the seed"
 
 
 def test_total_beyond_32_bits_is_exact_up_to_the_documented_cap(stub) -> None:

@@ -59,7 +59,7 @@ def random_shop(server_factory: ServerFactory) -> tuple[OrdersServer, list[Row]]
         for k in range(rng.randint(1 if n % 2 == 0 else 0, 4)):
             lines = [
                 item(f"R{j}", rng.randint(1, 3), rng.choice([0, 100, 250, 500]))
-                for j in range(rng.randint(0, 3))
+                for j in range(rng.randint(1, 3))
             ]
             # Half the customers surely rank, so the limits below have rows to cut.
             sure = n % 2 == 0 and k == 0
@@ -84,7 +84,7 @@ def random_shop(server_factory: ServerFactory) -> tuple[OrdersServer, list[Row]]
     for status in (Status.DRAFT, Status.SHIPPED, Status.CANCELLED):
         orders.append(order_in_status(stub, never_paid.id, status, items=[item("N", 1, 10**9)]))
     zero = new_customer(stub)
-    orders.append(order_in_status(stub, zero.id, Status.PAID, items=[]))
+    orders.append(order_in_status(stub, zero.id, Status.PAID, items=[item("FREE", 1, 0)]))
     # Read the orders back as they are now, not as they were returned along the way.
     current = list_all_orders(stub, email="@", include_archived=True, page_size=500)
     assert len(current) == len(orders)

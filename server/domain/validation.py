@@ -84,6 +84,11 @@ class Violations:
             self.add(field, f"must be at most {max_length} characters")
 
     def items(self, field: str, items: Sequence[NewItem]) -> None:
+        if not items:
+            # An order with nothing in it is a caller's mistake, not a sale. The seed writes its
+            # rows without this check and may still make empty orders when asked to.
+            self.add(field, "must hold at least one item, got none")
+            return
         if len(items) > MAX_ITEMS_PER_ORDER:
             self.add(field, f"must hold at most {MAX_ITEMS_PER_ORDER} items, got {len(items)}")
             return

@@ -246,9 +246,13 @@ class Fuzz(RuleBasedStateMachine):
             "SELECT 1 FROM customers WHERE id = :i", i=customer_id
         )
         lines = [pb.OrderItem(sku=s, quantity=q, unit_price_cents=p) for s, q, p in items]
-        invalid = customer_id <= 0 or any(
-            not s.strip() or "\x00" in s or len(s) > 64 or not 1 <= q <= 1_000_000
-            for s, q, _ in items
+        invalid = (
+            customer_id <= 0
+            or not items
+            or any(
+                not s.strip() or "\x00" in s or len(s) > 64 or not 1 <= q <= 1_000_000
+                for s, q, _ in items
+            )
         )
         invalid = invalid or any(not 0 <= p <= 10_000_000_000 for _, _, p in items)
         total = sum(q * p for _, q, p in items)
