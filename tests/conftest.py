@@ -24,6 +24,14 @@ import sqlalchemy as sa
 from harness import OrdersServer, PostgresDatabases, ServerFactory, SqliteDatabases
 
 BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fast: in process, no server or Envoy started (scripts/test --fast)"
+    )
+
+
 _postgres_skipped: list[str] = []
 _log_offsets = pytest.StashKey[dict[int, int]]()
 

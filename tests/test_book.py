@@ -13,6 +13,9 @@ from server.domain.lifecycle import Action
 from server.domain.records import NewItem, OrderFilter, Status, epoch_us
 from server.storage.database import Database
 
+# In process: no server (scripts/test --fast runs these).
+pytestmark = pytest.mark.fast
+
 # Instants whose microseconds a conversion through milliseconds, floats or a rounding
 # strftime would move into the next second, the next day or the next year.
 EDGES = [

@@ -33,6 +33,7 @@ def _scalar(rows: Rows, sql: str) -> object:
 POOLING = pytest.mark.parametrize("pooling", [False, True], ids=["own-connections", "pooler"])
 
 
+@pytest.mark.fast
 @POOLING
 def test_a_slow_statement_is_stopped_at_the_deadline(
     databases: SqliteDatabases | PostgresDatabases, pooling: bool
@@ -55,6 +56,7 @@ PAUSE = {
 }
 
 
+@pytest.mark.fast
 @POOLING
 def test_a_deadline_does_not_outlive_its_call(
     databases: SqliteDatabases | PostgresDatabases, pooling: bool
@@ -84,6 +86,7 @@ def test_a_deadline_does_not_outlive_its_call(
     database.dispose()
 
 
+@pytest.mark.fast
 def test_no_deadline_leaves_statements_unbounded(
     databases: SqliteDatabases | PostgresDatabases,
 ) -> None:
@@ -115,6 +118,7 @@ def test_an_expired_seed_call_stops_and_leaves_no_rows(
     assert not customers.customers and not summary.customers
 
 
+@pytest.mark.fast
 def test_a_practically_infinite_deadline_counts_as_none(
     databases: SqliteDatabases | PostgresDatabases,
 ) -> None:

@@ -13,6 +13,9 @@ from server.domain.records import NewItem, OrderFilter, Status
 from server.domain.seeding import plan_seed
 from server.domain.validation import Violations, order_total
 
+# In process: no server (scripts/test --fast runs these).
+pytestmark = pytest.mark.fast
+
 LEGAL = {
     (Action.PAY, Status.DRAFT): Status.PAID,
     (Action.SHIP, Status.PAID): Status.SHIPPED,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect
 
 from server.storage.database import Database
 from server.storage.migrate import migrate
 from server.storage.schema import Base
+
+# In process: no server (scripts/test --fast runs these).
+pytestmark = pytest.mark.fast
 
 
 def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
