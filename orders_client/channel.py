@@ -109,11 +109,21 @@ def resolve_token(
     environ: Mapping[str, str] | None = None,
     variable: str = TOKEN_VARIABLE,
 ) -> str | None:
-    """`token`, else the environment variable (ORDERS_TOKEN), else none."""
+    """`token`, else the environment variable (ORDERS_TOKEN), else none. A token is sent as an
+    HTTP/2 header value: printable ASCII only (ValueError otherwise, the token not shown)."""
     if token:
-        return token
-    env = os.environ if environ is None else environ
-    return env.get(variable, "").strip() or None
+        found, source = token, "the token"
+    else:
+        env = os.environ if environ is None else environ
+        found, source = env.get(variable, "").strip(), variable
+    if not found:
+        return None
+    if not all(" " <= ch <= "~" for ch in found):
+        # gRPC would refuse every call with INTERNAL "Invalid metadata", and log it to stderr.
+        raise ValueError(
+            f"{source} must be printable ASCII (a header value); it holds other characters"
+        )
+    return found
 
 
 _Request = TypeVar("_Request")

@@ -4,16 +4,20 @@ Tables for people, `--json` (proto3 JSON, field names as in the proto) for scrip
 is `--target`, else ORDERS_TARGET, else 127.0.0.1:50051. Bearer tokens come from the
 environment only (a command line shows in `ps`): ORDERS_TOKEN, an API token, and
 ORDERS_ADMIN_TOKEN, sent to Seed (and to the rest when there is no API token). A failed call
-prints one line, `error: CODE: message`, on stderr and exits 1; a bad command line exits 2;
+prints one line, `error: CODE: message`, on stderr and exits 1; a bad command line (an option out
+of its range, an unknown command) is one line too, `error: argument ...`, and exits 2;
 Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
 from google.protobuf.message import Message
 from orders.v1 import orders_pb2 as pb
@@ -32,14 +36,73 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _positive_int(text: str) -> int:
+# The largest values the wire carries: ids are int64, sizes and counts int32.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# The bounds the service's contract (docs/contract.md) sets on a seed and on an order's items:
+# refused here, the error names the option, not the request's field.
+SEED_CUSTOMERS = (1, 100_000)
+SEED_ORDERS_PER_CUSTOMER = (0, 1_000)
+SEED_ITEMS_PER_ORDER = (0, 100)
+ITEM_QUANTITY = (1, 1_000_000)
+ITEM_UNIT_PRICE_CENTS = (0, 10_000_000_000)
+# Longer than any call needs (a seed of the largest size takes minutes), short enough for the
+# deadline to stay a date gRPC can compute.
+MAX_TIMEOUT_SECONDS = 86_400.0
+
+
+def _whole_number(text: str, low: int, high: int, what: str = "a whole number") -> int:
+    """`text` as an int within [low, high], or the argparse error that says the range."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive id, got {value}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(
+            f"must be {what} from {low:,} to {high:,}, got {text!r}"
+        ) from None
     return value
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An argparse type: a whole number from `low` to `high`, else an error that says so."""
+
+    low: int
+    high: int
+    what: str = "a whole number"
+
+    def __call__(self, text: str) -> int:
+        return _whole_number(text, self.low, self.high, self.what)
+
+
+# An id of a customer or an order: positive, and an int64 on the wire.
+_positive_int = IntRange(1, INT64_MAX, "an id")
+# page_size and limit: 0 asks for the server's default; the server caps what is above its
+# maximum rather than refusing it, so anything up to the int32 wire limit is allowed.
+_size = IntRange(0, INT32_MAX)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:,.0f},"
+            f" got {text!r}"
+        )
+    return value
+
+
+def _text(text: str) -> str:
+    """Protobuf strings are UTF-8: bytes of another encoding in argv cannot be sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"must be UTF-8 text, got {text!r}") from None
+    return text
 
 
 def _status(text: str) -> pb.Order.Status.ValueType:
@@ -51,13 +114,19 @@ def _status(text: str) -> pb.Order.Status.ValueType:
 
 def _item(text: str) -> pb.OrderItem:
     parts = text.rsplit(":", 2)  # from the right: a SKU may hold a colon
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"an item is SKU:QUANTITY:UNIT_PRICE_CENTS, got {text!r}")
+    sku, quantity, price = parts
+    part = "SKU"
     try:
-        sku, quantity, price = parts
-        return pb.OrderItem(sku=sku, quantity=int(quantity), unit_price_cents=int(price))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"an item is SKU:QUANTITY:UNIT_PRICE_CENTS, got {text!r}"
-        ) from None
+        sku = _text(sku)
+        part = "QUANTITY"
+        count = _whole_number(quantity, *ITEM_QUANTITY)
+        part = "UNIT_PRICE_CENTS"
+        cents = _whole_number(price, *ITEM_UNIT_PRICE_CENTS)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {part} {exc}") from None
+    return pb.OrderItem(sku=sku, quantity=count, unit_price_cents=cents)
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -68,6 +137,7 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
     parser.add_argument(
         "--target",
+        type=_text,
         default=default(None),
         help=f"host:port of the gRPC server (default: ${TARGET_VARIABLE} or {DEFAULT_TARGET})",
     )
@@ -79,15 +149,23 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=default(None),
         metavar="SECONDS",
         help="deadline of each call, retries included (default: 10; seed: 3600)",
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line too, like a failed call: what is wrong and where help is.
+    Subcommands' parsers are of this class as well (argparse makes them like their parent)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="orders",
         description="Call the orders service (orders.v1.OrdersService) over gRPC.",
         epilog="Tokens come from the environment: ORDERS_TOKEN (an API token) and"
@@ -96,37 +174,48 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(
-        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
-    ) -> argparse.ArgumentParser:
+    def command(parent: argparse._SubParsersAction[_Parser], name: str, help: str) -> _Parser:
         sub = parent.add_parser(name, help=help, description=help)
         _common(sub, suppress=True)
         return sub
 
     seed = command(commands, "seed", "fill the database with generated data, showing progress")
-    seed.add_argument("--customers", type=int, default=50)
-    seed.add_argument("--orders-per-customer", type=int, default=5)
-    seed.add_argument("--items-per-order", type=int, default=3)
+    seed.add_argument(
+        "--customers", type=IntRange(*SEED_CUSTOMERS), default=50, help="1 to 100,000"
+    )
+    seed.add_argument(
+        "--orders-per-customer",
+        type=IntRange(*SEED_ORDERS_PER_CUSTOMER),
+        default=5,
+        help="0 to 1,000",
+    )
+    seed.add_argument(
+        "--items-per-order", type=IntRange(*SEED_ITEMS_PER_ORDER), default=3, help="0 to 100"
+    )
     seed.set_defaults(run=_seed)
 
     listing = command(commands, "list", "list orders, newest first")
     listing.add_argument(
         "--status", type=_status, help="DRAFT, PAID, SHIPPED or CANCELLED (any case)"
     )
-    listing.add_argument("--email", default="", help="substring of the customer's email")
+    listing.add_argument(
+        "--email", type=_text, default="", help="substring of the customer's email"
+    )
     listing.add_argument("--customer-id", type=_positive_int, default=0)
     listing.add_argument("--include-archived", action="store_true")
-    listing.add_argument("--page-size", type=int, default=0, help="default 50, at most 500")
-    listing.add_argument("--page-token", default="", help="next_page_token of the last page")
+    listing.add_argument("--page-size", type=_size, default=0, help="default 50, at most 500")
+    listing.add_argument(
+        "--page-token", type=_text, default="", help="next_page_token of the last page"
+    )
     listing.add_argument("--all", action="store_true", help="every page, not only the first")
     listing.set_defaults(run=_list_orders)
 
     summary = command(commands, "summary", "customers ranked by their PAID, non-archived total")
-    summary.add_argument("--limit", type=int, default=0, help="default 10, at most 1000")
+    summary.add_argument("--limit", type=_size, default=0, help="default 10, at most 1000")
     summary.set_defaults(run=_summary)
 
     get = command(commands, "get", "show one order")
-    get.add_argument("id", type=_positive_int)
+    get.add_argument("id", type=_positive_int, metavar="ID")
     get.set_defaults(run=_get_order)
 
     create = command(commands, "create", "create a DRAFT order")
@@ -149,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (what, call) in transitions.items():
         sub = command(commands, name, f"{name} an order: {what}")
-        sub.add_argument("id", type=_positive_int)
+        sub.add_argument("id", type=_positive_int, metavar="ID")
         sub.set_defaults(run=_transition(call))
 
     customers = command(commands, "customers", "list, show or create customers")
@@ -157,16 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="customer_command", required=True, metavar="COMMAND"
     )
     c_list = command(customer_commands, "list", "list customers, newest first")
-    c_list.add_argument("--page-size", type=int, default=0, help="default 50, at most 500")
-    c_list.add_argument("--page-token", default="", help="next_page_token of the last page")
+    c_list.add_argument("--page-size", type=_size, default=0, help="default 50, at most 500")
+    c_list.add_argument(
+        "--page-token", type=_text, default="", help="next_page_token of the last page"
+    )
     c_list.add_argument("--all", action="store_true", help="every page, not only the first")
     c_list.set_defaults(run=_list_customers)
     c_get = command(customer_commands, "get", "show one customer")
-    c_get.add_argument("id", type=_positive_int)
+    c_get.add_argument("id", type=_positive_int, metavar="ID")
     c_get.set_defaults(run=_get_customer)
     c_create = command(customer_commands, "create", "create a customer")
-    c_create.add_argument("--email", required=True)
-    c_create.add_argument("--name", required=True)
+    c_create.add_argument("--email", type=_text, required=True)
+    c_create.add_argument("--name", type=_text, required=True)
     c_create.set_defaults(run=_create_customer)
     return parser
 
@@ -327,7 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = resolve_target(args.target)
     deadlines = Deadlines() if args.timeout is None else Deadlines(args.timeout, args.timeout)
     console = Console(highlight=False)
-    client = OrdersClient.connect(target, deadlines=deadlines)
+    try:
+        client = OrdersClient.connect(target, deadlines=deadlines)
+    except ValueError as exc:  # a token from the environment no header can carry
+        _fail(str(exc))
+        return EXIT_USAGE
     run: Command = args.run
     try:
         return run(args, client, console)

@@ -4,6 +4,7 @@ a non-zero exit, tokens from the environment, and the seed's live progress bar i
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from harness import (
 from orders.v1 import orders_pb2 as pb
 
 from orders_client import OrdersClient
+from orders_client.cli import IntRange, build_parser
+from orders_client.cli import main as cli_main
 
 ORDERS = Path(sys.executable).parent / "orders"
 ADMIN = "cli-admin-token-77c2"
@@ -197,22 +201,92 @@ def test_errors_are_one_line_on_stderr_with_a_non_zero_exit(shared_server: Order
     order = new_order(target, customer["id"])
     assert orders(target, "cancel", order["id"]).code == 0
     expect_error(orders(target, "pay", order["id"]), "error: FAILED_PRECONDITION: ")
+    # The server's own refusals: an empty SKU, a seed above the server's cap on rows.
     expect_error(
-        orders(target, "list", "--page-size", "-1"), "error: INVALID_ARGUMENT: page_size: "
+        orders(target, "create", "--customer-id", customer["id"], "--item", ":1:100"),
+        "error: INVALID_ARGUMENT: items[0].sku: ",
     )
-    expect_error(
-        orders(target, "seed", "--customers", "0", "--orders-per-customer", "-1"),
-        "error: INVALID_ARGUMENT: customers: ",
-    )
-    # A command line the server never sees: exit 2, argparse's usage and its reason.
-    for args in (
-        ("list", "--status", "sent"),
-        ("get", "abc"),
-        ("create", "--customer-id", "1", "--item", "BOOK-2"),
-        ("frobnicate",),
+    big = ("--customers", "100000", "--orders-per-customer", "1000", "--items-per-order", "100")
+    expect_error(orders(target, "seed", *big), "error: INVALID_ARGUMENT: customers: ")
+    # A command line the server never sees: exit 2, one line that says what is wrong.
+    for args, line in (
+        (("list", "--status", "sent"), "error: argument --status: unknown order status 'sent'"),
+        (("get", "abc"), "error: argument ID: must be an id from 1 to "),
+        (("create", "--customer-id", "1", "--item", "BOOK-2"), "error: argument --item: "),
+        (("frobnicate",), "error: argument COMMAND: invalid choice: 'frobnicate'"),
+    ):
+        expect_error(orders(target, *args), line, code=2)
+
+
+def int_options(
+    parser: argparse.ArgumentParser, command: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.Action]]:
+    """(command, option) for every option of every command that takes a whole number."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from int_options(sub, (*command, name))
+        elif isinstance(action.type, IntRange):
+            yield command, action
+
+
+def test_every_whole_number_option_has_a_range_and_says_it_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The parser in-process: every option of every command, each with three bad values.
+    found = list(int_options(build_parser()))
+    assert len(found) == 14, [(c, a.dest) for c, a in found]  # a new option lands here too
+    for command, action in found:
+        kind = action.type
+        assert isinstance(kind, IntRange)
+        name = action.option_strings[0] if action.option_strings else action.metavar
+        for bad in (str(kind.low - 1), str(kind.high + 1), "12abc"):
+            argv = [*command, *action.option_strings, bad]
+            with pytest.raises(SystemExit) as exited:
+                cli_main(argv)
+            out, err = capsys.readouterr()
+            assert exited.value.code == 2 and out == "", (argv, out, err)
+            assert err.count("\n") == 1, (argv, err)
+            assert err.startswith(f"error: argument {name}: must be "), (argv, err)
+            assert f"from {kind.low:,} to {kind.high:,}, got {bad!r}" in err, (argv, err)
+        # Its bounds themselves are fine (with what else the command requires).
+        required = ["--item", "A:1:1"] if command == ("create",) else []
+        for good in (kind.low, kind.high):
+            argv = [*command, *action.option_strings, str(good), *required]
+            args = build_parser().parse_args(argv)
+            assert getattr(args, action.dest) == good
+
+
+def test_values_out_of_range_are_one_line_errors_not_python_exceptions() -> None:
+    # As a user runs it: nothing is sent, so no server is needed.
+    target = f"127.0.0.1:{free_port()}"
+    for args, line in (
+        # protobuf's int32 overflowed here: "unexpected ValueError: Value out of range".
+        (
+            ("seed", "--customers", "99999999999"),
+            "error: argument --customers: must be a whole number from 1 to 100,000, got",
+        ),
+        (("list", "--customer-id", str(2**63)), "error: argument --customer-id: must be an id"),
+        (
+            ("create", "--customer-id", "1", "--item", "BOOK:99999999999:1"),
+            "error: argument --item: 'BOOK:99999999999:1': QUANTITY must be a whole number"
+            " from 1 to 1,000,000",
+        ),
+        (
+            ("create", "--customer-id", "1", "--item", "BOOK:1:-1"),
+            "error: argument --item: 'BOOK:1:-1': UNIT_PRICE_CENTS must be a whole number"
+            " from 0 to 10,000,000,000",
+        ),
+        (("--timeout", "inf", "list"), "error: argument --timeout: must be a number of seconds"),
+        (("list", "--timeout", "-1"), "error: argument --timeout: must be a number of seconds"),
     ):
         result = orders(target, *args)
-        assert result.code == 2 and result.out == "" and "error:" in result.err, result
+        expect_error(result, line, code=2)
+        assert "Error" not in result.err and "unexpected" not in result.err, result.err
+    # A token no HTTP/2 header can carry: said once, without the token, instead of gRPC's log.
+    result = orders(target, "list", ORDERS_TOKEN="secret\nvalue")
+    expect_error(result, "error: ORDERS_TOKEN must be printable ASCII", code=2)
+    assert "secret" not in result.err
 
 
 def test_an_unreachable_server_is_one_line_after_the_retries() -> None:
