@@ -17,7 +17,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,10 +305,11 @@ def test_an_unreachable_server_is_one_line_after_the_retries() -> None:
 
 
 def run_in_terminal(
-    args: list[str], env: dict[str, str], interrupt_after: str | None = None
+    args: list[str], env: dict[str, str], interrupt_when: Callable[[str], bool] | None = None
 ) -> tuple[int, str]:
     """Runs `args` on a pseudo-terminal of 120 columns; returns its exit code and everything it
-    wrote. With `interrupt_after`, sends SIGINT once that text has appeared."""
+    wrote. With `interrupt_when`, sends SIGINT once it holds for the screen so far (its text
+    without ANSI sequences)."""
     main, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
     process = subprocess.Popen(
@@ -332,8 +333,8 @@ def run_in_terminal(
             if not data:
                 break
             chunks.append(data)
-            if interrupt_after and not interrupted:
-                if interrupt_after in ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")):
+            if interrupt_when and not interrupted:
+                if interrupt_when(ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))):
                     process.send_signal(signal.SIGINT)
                     interrupted = True
         code = process.wait(timeout=30)
@@ -400,16 +401,40 @@ def test_seed_shows_a_live_progress_bar_then_a_summary(
 def test_ctrl_c_cancels_the_seed_and_nothing_of_it_is_kept(
     shared_server: OrdersServer, backend: str
 ) -> None:
-    request = long_seed(shared_server, backend, seconds=4.0)
-    before = table_counts(shared_server.database_url)
-    code, screen = run_in_terminal(
-        seed_command(request),
-        cli_env(shared_server.address, TERM="xterm-256color"),
-        interrupt_after="rows/s",
-    )
-    text = ANSI.sub("", screen)
-    assert code == 130, text[-2000:]
+    # Ctrl-C lands while the bar shows the items phase at most half done: the customers and the
+    # orders are written, and the server still has at least half the seed's rows to write, some
+    # five seconds at the measured rate, against the milliseconds a cancel takes to reach it. A
+    # signal at the first redraw raced a small seed on a fast machine and lost (exit 0).
+    request = long_seed(shared_server, backend, seconds=10.0)
+    largest = 5_000_000 // (1 + request.orders_per_customer * (1 + request.items_per_order))
+    signalled: list[tuple[str, ...]] = []
+
+    def mid_items(screen: str) -> bool:
+        for redraw in REDRAW.findall(screen):
+            phase, _, done, total, *_ = redraw
+            if phase == "items" and int(done.replace(",", "")) <= int(total.replace(",", "")) // 2:
+                signalled.append(redraw)
+                return True
+        return False
+
+    # The rate is measured once a session: were the machine far faster now, the seed could pass
+    # half of its items between two redraws. Then it ran to its end; try again, twice as large.
+    while True:
+        before = table_counts(shared_server.database_url)
+        code, screen = run_in_terminal(
+            seed_command(request),
+            cli_env(shared_server.address, TERM="xterm-256color"),
+            interrupt_when=mid_items,
+        )
+        text = ANSI.sub("", screen)
+        if signalled or request.customers >= largest:
+            break
+        assert code == 0, text[-2000:]
+        request.customers = min(2 * request.customers, largest)
+    assert signalled, f"no redraw of the items phase at most half done:\n{text[-2000:]}"
+    assert code == 130, f"signalled at {signalled[0]}\n{text[-2000:]}"
     assert "error: seed cancelled" in text and "Traceback" not in text
+    assert "Seed done" not in text
     deadline = time.monotonic() + 30
     while table_counts(shared_server.database_url) != before:
         assert time.monotonic() < deadline, "the cancelled seed left rows behind"
