@@ -142,7 +142,10 @@ def test_api_tokens_guard_every_rpc_but_health_and_reflection(
 
 
 def test_tokens_never_reach_the_log(start_server: Callable[..., OrdersServer]) -> None:
-    server = start_server(ORDERS_API_TOKENS=f"read:{READ}", ORDERS_ADMIN_TOKEN=ADMIN)
+    # DEBUG: a log line for every call, the ones that succeed included.
+    server = start_server(
+        ORDERS_API_TOKENS=f"read:{READ}", ORDERS_ADMIN_TOKEN=ADMIN, ORDERS_LOG_LEVEL="DEBUG"
+    )
     for token in (READ, ADMIN, "wrong-secret-token"):
         _code(
             lambda t=token: server.stub.GetSummary(  # type: ignore[misc]

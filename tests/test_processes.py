@@ -66,6 +66,7 @@ class Group:
             "ORDERS_SOCKET_DIR": str(tmp_path / "s"),
             "ORDERS_METRICS_PORT": str(free_port()),
             "ORDERS_DRAIN_SECONDS": "0",  # no balancer to wait for
+            "ORDERS_LOG_LEVEL": "DEBUG",  # a line for every call, OK ones included: who served it
         }
         self.sockets = worker_sockets(tmp_path / "s", self.port, PROCESSES)
         subprocess.run(

@@ -52,7 +52,12 @@ from server.config import socket_dir, worker_sockets
 
 REJOIN_LIMIT = 15.0  # seconds: a few health-check intervals and then some
 # The harness stops its servers at once (drain 0); an empty value is the server's default.
-DEFAULT_DRAIN = {"ORDERS_GRPC_PROCESSES": "1", "ORDERS_DRAIN_SECONDS": ""}
+# Every call logged (DEBUG), the OK ones included: the log says which replica took traffic.
+DEFAULT_DRAIN = {
+    "ORDERS_GRPC_PROCESSES": "1",
+    "ORDERS_DRAIN_SECONDS": "",
+    "ORDERS_LOG_LEVEL": "DEBUG",
+}
 
 
 class Replicas:
