@@ -196,46 +196,11 @@ _Admit = Callable[[grpc.ServicerContext], None]
 _Guard = Callable[[str | None], None]
 
 
-def _wrap_unary(
-    behavior: Callable[..., Any], method: str, admit: _Admit, guard: _Guard, record: _Recorder
-) -> Callable[..., Any]:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        # First: a call refused at shutdown is neither logged nor counted in the metrics.
-        admit(context)
-        started = time.perf_counter()
-        call, authorization = _begin(context)
-        token = calls.begin(call)
-        code = grpc.StatusCode.OK
-        try:
-            guard(authorization)
-            _refuse_undecodable(request)
-            response = behavior(request, context)
-            _add_trailer(context, call)
-            return response
-        except Exception as error:
-            if _is_abort(error, context):
-                raise
-            code, status = _failure(error, method, call)
-            context.abort_with_status(status)
-        finally:
-            calls.end(token)
-            record(method, _outcome(context, code), time.perf_counter() - started, call)
-
-    return handle
-
-
-def _wrap_stream(
-    behavior: Callable[..., Iterator[Any]],
-    method: str,
-    admit: _Admit,
-    guard: _Guard,
-    record: _Recorder,
-) -> Callable[..., Any]:
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        # Not a generator itself: the call is admitted (counted in flight) when grpcio calls
-        # the handler, not later when it first asks for a response.
-        admit(context)
-        return respond(request, context)
+def _responder(
+    behavior: Callable[..., Iterator[Any]], method: str, guard: _Guard, record: _Recorder
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """The call's responses inside its scope: its state set, its access checked, its error
+    mapped, and the call recorded when the last response has gone (or the call failed)."""
 
     def respond(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         started = time.perf_counter()
@@ -255,6 +220,41 @@ def _wrap_stream(
         finally:
             calls.end(token)
             record(method, _outcome(context, code), time.perf_counter() - started, call)
+
+    return respond
+
+
+def _wrap_unary(
+    behavior: Callable[..., Any], method: str, admit: _Admit, guard: _Guard, record: _Recorder
+) -> Callable[..., Any]:
+    def single(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield behavior(request, context)
+
+    respond = _responder(single, method, guard, record)
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        # First: a call refused at shutdown is neither logged nor counted in the metrics.
+        admit(context)
+        (response,) = respond(request, context)  # to the end: trailer and record included
+        return response
+
+    return handle
+
+
+def _wrap_stream(
+    behavior: Callable[..., Iterator[Any]],
+    method: str,
+    admit: _Admit,
+    guard: _Guard,
+    record: _Recorder,
+) -> Callable[..., Any]:
+    respond = _responder(behavior, method, guard, record)
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        # Not a generator itself: the call is admitted (counted in flight) when grpcio calls
+        # the handler, not later when it first asks for a response.
+        admit(context)
+        return respond(request, context)
 
     return handle
 
