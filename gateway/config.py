@@ -1,7 +1,12 @@
 """The Envoy configuration: envoy.yaml (a template) rendered for a local run or for docker-compose.
 
 The template's placeholders are written ``${name}``; every one must be given a value, and every
-value must have a placeholder, so that a typo fails here rather than inside Envoy.
+value must have a placeholder, so that a typo fails here rather than inside Envoy. A placeholder
+alone on its line stands for lines (YAML list items), each indented like it.
+
+Besides ports and addresses, the rendering carries what is derived rather than written: the
+routes that answer OPTIONS and 405 for each REST path, from the API's HTTP rules
+(gateway/routes.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.routes import (
+    TRANSCODED_SERVICES,
+    flow_lines,
+    http_rules,
+    known_paths,
+    method_routes,
+)
 from server.config import grpc_processes, socket_dir, worker_sockets
 
 __all__ = [
@@ -36,6 +48,7 @@ COMPOSE_DESCRIPTOR_PATH = "/etc/envoy/orders.pb"
 Variant = Literal["local", "compose"]
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+_PLACEHOLDER_LINE = re.compile(r"^([ ]*)\$\{([a-z_]+)\}[ ]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,9 @@ class GatewayConfig:
             address = f"{{address: {self.upstream_host}, port_value: {self.upstream_port}}}"
             endpoints = f"{{endpoint: {{address: {{socket_address: {address}}}}}}}"
             cluster_type = "STRICT_DNS"
+        # The routes are derived from the descriptor as it is here: the compose variant renders
+        # in the image, which holds the same file Envoy's container mounts.
+        paths = known_paths(http_rules(DESCRIPTOR_PATH, TRANSCODED_SERVICES))
         return {
             "http_port": str(self.http_port),
             "admin_port": str(self.admin_port),
@@ -105,6 +121,8 @@ class GatewayConfig:
             "descriptor_path": self.descriptor_path,
             "cluster_type": cluster_type,
             "upstream_endpoints": f"[{endpoints}]",
+            "transcoded_services": json.dumps(list(TRANSCODED_SERVICES)),
+            "method_routes": flow_lines(method_routes(paths)),
         }
 
     @property
@@ -125,6 +143,12 @@ def render(config: GatewayConfig, template: str | None = None) -> str:
         raise ValueError(f"envoy.yaml has placeholders with no value: {sorted(unknown)}")
     if unused := values.keys() - used:
         raise ValueError(f"envoy.yaml lacks placeholders for: {sorted(unused)}")
+
+    def lines(match: re.Match[str]) -> str:
+        indent, name = match.group(1), match.group(2)
+        return "\n".join(indent + line if line else line for line in values[name].split("\n"))
+
+    text = _PLACEHOLDER_LINE.sub(lines, text)
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 

@@ -19,6 +19,7 @@ from harness import ROOT
 from gateway import GatewayConfig, render
 from gateway.config import COMPOSE_DESCRIPTOR_PATH, DESCRIPTOR_PATH
 from gateway.envoy import validate
+from gateway.routes import HttpRule, http_rules, known_paths
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 RENDER_ENV = {
@@ -224,3 +225,51 @@ def test_a_local_run_balances_over_every_server_process_socket() -> None:
         f"/run/o/grpc-15053-{i}.sock" for i in range(3)
     ]
     validate(text)  # Envoy accepts pipe endpoints in a STATIC cluster
+
+
+# -- The routes derived from the HTTP rules ---------------------------------------------------
+
+
+def test_every_rest_path_gets_an_options_and_a_405_route() -> None:
+    paths = known_paths(http_rules(DESCRIPTOR_PATH))
+    templates = [p.template for p in paths]
+    assert len(templates) == len(set(templates)) == 10, templates
+    # The literal /api/orders/summary must be matched before /api/orders/{id}.
+    assert templates.index("/api/orders/summary") < templates.index("/api/orders/{id}")
+    by_template = {p.template: p for p in paths}
+    assert by_template["/api/orders"].allowed == ("GET", "HEAD", "POST", "OPTIONS")
+    assert by_template["/api/orders/{id}/pay"].allowed == ("POST", "OPTIONS")
+    assert by_template["/api/orders/{id}"].regex == "^/api/orders/[^/]+/?$"
+    text = render(GatewayConfig())
+    for template in templates:
+        assert f'"name": "OPTIONS {template}"' in text and f'"name": "405 {template}"' in text
+
+
+def test_a_literal_path_gets_the_methods_of_the_templates_that_also_match_it() -> None:
+    paths = known_paths(
+        [
+            HttpRule("GET", "/v/items/{id}", "GetItem"),
+            HttpRule("DELETE", "/v/items/{id}", "DeleteItem"),
+            HttpRule("POST", "/v/items/export", "Export"),
+        ]
+    )
+    assert [(p.template, p.allowed) for p in paths] == [
+        ("/v/items/export", ("GET", "HEAD", "POST", "DELETE", "OPTIONS")),
+        ("/v/items/{id}", ("GET", "HEAD", "DELETE", "OPTIONS")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [HttpRule("GET", "/v/{name=**}", "Any")],
+        [HttpRule("GET", "/v/{name=shelves/*}", "Nested")],
+        [HttpRule("POST", "/v/items:export", "Verb")],
+        # Neither holds the other, yet /v/a/b is in both.
+        [HttpRule("GET", "/v/a/{x}", "A"), HttpRule("POST", "/v/{y}/b", "B")],
+    ],
+    ids=["double-star", "nested-variable", "custom-verb", "partial-overlap"],
+)
+def test_a_path_the_routes_could_not_describe_is_refused(rules: list[HttpRule]) -> None:
+    with pytest.raises(ValueError, match="HTTP rule path"):
+        known_paths(rules)

@@ -219,11 +219,12 @@ def test_body_over_one_mebibyte_is_a_413(gateway: Gateway) -> None:
     [
         ("GET", "/api/nothing-here/"),
         ("GET", "/"),
-        ("DELETE", "/api/orders/1/"),
-        ("PUT", "/api/customers/"),
+        ("POST", "/api/orders/1/refund/"),
+        ("DELETE", "/api/customers/1/orders/"),
     ],
 )
 def test_unknown_route_is_a_404(gateway: Gateway, method: str, path: str) -> None:
+    # A known path with a method it does not have is a 405 (test_gateway_http.py).
     body = gateway.rest.request(method, path).error(404)
     assert body["code"] == NOT_FOUND
 

@@ -1,0 +1,190 @@
+"""HTTP as REST clients expect it, through a real Envoy in front of a real server: HEAD on
+every GET route, OPTIONS with `Allow` on every path, 405 with `Allow` for a method a path does
+not have (404 stays for unknown paths).
+
+The paths and their methods are read here from the generated module's descriptor (the protos'
+HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gateway/orders.pb.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from gateway_stack import Gateway
+from google.api import annotations_pb2
+from harness import unique_email
+from orders.v1 import orders_pb2 as pb
+from rest_client import Reply
+
+UNIMPLEMENTED = 12
+# Headers that differ between two answers to the same request.
+VOLATILE = {"date", "x-envoy-upstream-service-time"}
+
+
+def http_rules() -> dict[str, set[str]]:
+    """Path template (`/api/orders/{id}`) -> the methods of the rules at exactly that path."""
+    rules: dict[str, set[str]] = {}
+    for method in pb.DESCRIPTOR.services_by_name["OrdersService"].methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        for binding in [rule, *rule.additional_bindings]:
+            kind = binding.WhichOneof("pattern")
+            assert kind not in (None, "custom"), method.name
+            rules.setdefault(getattr(binding, kind), set()).add(kind.upper())
+    return rules
+
+
+RULES = http_rules()
+# /api/orders/summary also matches /api/orders/{id}: both are GET only, so every path's
+# methods are its own rules' here (asserted below).
+assert RULES["/api/orders/summary"] == RULES["/api/orders/{id}"] == {"GET"}
+
+
+def allowed(template: str) -> set[str]:
+    methods = RULES[template] | {"OPTIONS"}
+    return methods | {"HEAD"} if "GET" in methods else methods
+
+
+def allow_set(value: str) -> set[str]:
+    return {m.strip() for m in value.split(",") if m.strip()}
+
+
+@pytest.fixture(scope="module")
+def ids(gateway: Gateway) -> dict[str, str]:
+    """A customer and an order that exist, for the `{id}` of each path."""
+    rest = gateway.rest
+    customer = rest.post("/api/customers/", {"email": unique_email("http"), "name": "Ann"})
+    assert customer.status == 201, customer
+    cid = customer.json()["id"]
+    order = rest.post(
+        "/api/orders/",
+        {"customer_id": cid, "items": [{"sku": "A-1", "quantity": 2, "unit_price_cents": 150}]},
+    )
+    assert order.status == 201, order
+    return {"customers": cid, "orders": order.json()["id"]}
+
+
+def concrete(template: str, ids: dict[str, str], slash: str = "/") -> str:
+    """/api/orders/{id} -> /api/orders/7/ (an order that exists)."""
+    resource = template.split("/")[2]
+    return template.replace("{id}", ids.get(resource, "1")) + slash
+
+
+def raw_head(port: int, path: str) -> tuple[str, bytes]:
+    """HEAD over a bare socket, the connection closed by Envoy after the answer: the status
+    line and headers, and every byte sent after them (which must be none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(
+            f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, after = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), after
+
+
+def stable(reply: Reply) -> dict[str, str]:
+    return {k: v for k, v in reply.headers.items() if k not in VOLATILE}
+
+
+# -- HEAD -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", sorted(t for t, m in RULES.items() if "GET" in m))
+def test_head_on_every_get_route_is_the_gets_status_and_headers_without_a_body(
+    gateway: Gateway, ids: dict[str, str], template: str
+) -> None:
+    rest = gateway.rest
+    for slash in ("/", ""):
+        path = concrete(template, ids, slash)
+        got = rest.get(path)
+        head = rest.request("HEAD", path)
+        assert got.status == head.status == 200, (path, got, head)
+        assert stable(head) == stable(got), path
+        assert head.headers["content-length"] == str(len(got.body)) and got.body
+        status_line, after = raw_head(gateway.config.http_port, path)
+        assert status_line.startswith("HTTP/1.1 200"), status_line
+        assert after == b"", f"HEAD {path} was sent a body: {after[:200]!r}"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/orders/987654321/", 404),  # the server's NOT_FOUND
+        ("/api/orders/?status=bogus", 400),  # the transcoder's rejection
+        ("/api/nothing-here/", 404),  # no such path
+    ],
+)
+def test_head_of_an_error_is_its_status_and_headers_without_a_body(
+    gateway: Gateway, path: str, status: int
+) -> None:
+    got = gateway.rest.get(path)
+    assert got.status == status and got.json()["code"], got
+    head = gateway.rest.request("HEAD", path)
+    assert head.status == status and head.content_type == got.content_type, head
+    status_line, after = raw_head(gateway.config.http_port, path)
+    assert status_line.startswith(f"HTTP/1.1 {status}"), status_line
+    assert after == b"", f"HEAD {path} was sent a body: {after[:200]!r}"
+
+
+# -- OPTIONS and 405 ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", sorted(RULES))
+def test_options_on_every_known_path_is_a_204_with_its_methods(
+    gateway: Gateway, ids: dict[str, str], template: str
+) -> None:
+    for slash in ("/", ""):
+        reply = gateway.rest.request("OPTIONS", concrete(template, ids, slash))
+        assert reply.status == 204 and reply.body == b"", reply
+        assert allow_set(reply.headers["allow"]) == allowed(template), reply.headers
+
+
+def test_allow_spells_out_each_kind_of_path(gateway: Gateway) -> None:
+    # What the derivation must give, written out once for a path of each kind.
+    expected = {
+        "/api/customers/": "GET, HEAD, POST, OPTIONS",
+        "/api/orders/7/": "GET, HEAD, OPTIONS",
+        "/api/orders/summary/": "GET, HEAD, OPTIONS",
+        "/api/orders/7/cancel/": "POST, OPTIONS",
+        "/api/dev/seed/": "POST, OPTIONS",
+    }
+    for path, allow in expected.items():
+        assert gateway.rest.request("OPTIONS", path).headers["allow"] == allow, path
+
+
+def test_options_on_an_unknown_path_is_a_404(gateway: Gateway) -> None:
+    assert gateway.rest.request("OPTIONS", "/api/nothing-here/").error(404)["code"] == 5
+
+
+@pytest.mark.parametrize("template", sorted(RULES))
+def test_a_method_a_path_does_not_have_is_a_405_with_allow(
+    gateway: Gateway, ids: dict[str, str], template: str
+) -> None:
+    path = concrete(template, ids)
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        if method in allowed(template):
+            continue
+        reply = gateway.rest.request(method, path, b'{"id": "1"}' if method != "HEAD" else None)
+        assert reply.status == 405, (method, path, reply)
+        assert allow_set(reply.headers["allow"]) == allowed(template), reply.headers
+        if method == "HEAD":
+            assert reply.body == b"" and reply.content_type == "application/json", reply
+            continue
+        body = reply.error(405)
+        assert body["code"] == UNIMPLEMENTED, body
+        assert body["message"].startswith(f"{method} is not allowed on {template}"), body
+        assert "TYPE_" not in body["message"] and "orders.v1" not in body["message"], body
+
+
+def test_the_405_examples_of_the_issue(gateway: Gateway) -> None:
+    deleted = gateway.rest.request("DELETE", "/api/orders/3/")
+    assert deleted.status == 405 and deleted.headers["allow"] == "GET, HEAD, OPTIONS", deleted
+    assert deleted.json() == {
+        "code": UNIMPLEMENTED,
+        "message": "DELETE is not allowed on /api/orders/{id}; it allows GET, HEAD, OPTIONS",
+    }
+    got = gateway.rest.get("/api/orders/3/cancel/")
+    assert got.status == 405 and got.headers["allow"] == "POST, OPTIONS", got
+    assert got.error(405)["code"] == UNIMPLEMENTED
