@@ -6,7 +6,7 @@ alone on its line stands for lines (YAML list items), each indented like it.
 
 Besides ports and addresses, the rendering carries what is derived rather than written: the
 routes that answer OPTIONS and 405 for each REST path, from the API's HTTP rules
-(gateway/routes.py).
+(gateway/routes.py), and the CORS policy for the origins in ORDERS_CORS_ORIGINS.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Literal
 
 from gateway.routes import (
     TRANSCODED_SERVICES,
+    CorsSettings,
+    cors_policy,
     flow_lines,
     http_rules,
     known_paths,
@@ -49,6 +51,8 @@ Variant = Literal["local", "compose"]
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 _PLACEHOLDER_LINE = re.compile(r"^([ ]*)\$\{([a-z_]+)\}[ ]*$", re.MULTILINE)
+# scheme://host[:port], as a browser sends it in Origin: no path, no trailing slash.
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -66,13 +70,17 @@ class GatewayConfig:
     # The server processes' Unix sockets (a local run): Envoy balances over them. Empty:
     # upstream_host:upstream_port, one address (docker-compose, tests of a single server).
     upstream_sockets: tuple[str, ...] = ()
+    # Origins allowed to call the REST API from a browser (ORDERS_CORS_ORIGINS). Empty: no
+    # cross-origin access, and no CORS header in any answer.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(
         cls, variant: Variant = "local", environ: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        """Reads ORDERS_HTTP_PORT, ORDERS_ENVOY_ADMIN_PORT, ORDERS_GRPC_PORT and
-        ORDERS_UPSTREAM_HOST (the gRPC server's host as Envoy reaches it)."""
+        """Reads ORDERS_HTTP_PORT, ORDERS_ENVOY_ADMIN_PORT, ORDERS_GRPC_PORT,
+        ORDERS_UPSTREAM_HOST (the gRPC server's host as Envoy reaches it) and
+        ORDERS_CORS_ORIGINS (comma-separated origins a browser may call from)."""
         env = os.environ if environ is None else environ
         if variant == "local":
             defaults = cls()
@@ -90,6 +98,7 @@ class GatewayConfig:
             admin_port=_port(env, "ORDERS_ENVOY_ADMIN_PORT", defaults.admin_port),
             upstream_port=_port(env, "ORDERS_GRPC_PORT", defaults.upstream_port),
             upstream_host=env.get("ORDERS_UPSTREAM_HOST") or defaults.upstream_host,
+            cors_origins=_cors_origins(env),
         )
 
     def with_server_processes(self, environ: Mapping[str, str]) -> GatewayConfig:
@@ -114,6 +123,11 @@ class GatewayConfig:
         # The routes are derived from the descriptor as it is here: the compose variant renders
         # in the image, which holds the same file Envoy's container mounts.
         paths = known_paths(http_rules(DESCRIPTOR_PATH, TRANSCODED_SERVICES))
+        cors = CorsSettings(self.cors_origins)
+        every_method = {m for path in paths for m in path.allowed}
+        vhost_filters = (
+            {"envoy.filters.http.cors": cors_policy(cors, every_method)} if cors.origins else {}
+        )
         return {
             "http_port": str(self.http_port),
             "admin_port": str(self.admin_port),
@@ -122,7 +136,8 @@ class GatewayConfig:
             "cluster_type": cluster_type,
             "upstream_endpoints": f"[{endpoints}]",
             "transcoded_services": json.dumps(list(TRANSCODED_SERVICES)),
-            "method_routes": flow_lines(method_routes(paths)),
+            "method_routes": flow_lines(method_routes(paths, cors)),
+            "virtual_host_filters": json.dumps(vhost_filters),
         }
 
     @property
@@ -150,6 +165,24 @@ def render(config: GatewayConfig, template: str | None = None) -> str:
 
     text = _PLACEHOLDER_LINE.sub(lines, text)
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("ORDERS_CORS_ORIGINS") or ""
+    origins: list[str] = []
+    for entry in raw.split(","):
+        origin = entry.strip()
+        if not origin:
+            continue
+        # Browsers send the scheme and host in lower case; Envoy compares exactly.
+        if not _ORIGIN.match(origin.lower()):
+            raise ValueError(
+                f"ORDERS_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port],"
+                " exactly as a browser sends it; no path, no wildcard)"
+            )
+        if origin.lower() not in origins:
+            origins.append(origin.lower())
+    return tuple(origins)
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -23,8 +23,10 @@ from google.protobuf import descriptor_pb2
 
 __all__ = [
     "TRANSCODED_SERVICES",
+    "CorsSettings",
     "KnownPath",
     "allow_header",
+    "cors_policy",
     "http_rules",
     "known_paths",
     "method_routes",
@@ -33,8 +35,18 @@ __all__ = [
 # The services envoy.yaml's transcoder serves (its `services`, rendered from this).
 TRANSCODED_SERVICES = ("orders.v1.OrdersService",)
 
-# The order methods are listed in, in `Allow`.
+# The order methods are listed in, in `Allow` and in CORS answers.
 _METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_FILTER_CORS = "envoy.filters.http.cors"
+_CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+# The request headers a browser may send cross-origin besides the CORS-safelisted ones.
+CORS_ALLOWED_HEADERS = ("content-type", "authorization", "idempotency-key", "x-request-id")
+# Headers of a response a browser script may read besides the safelisted ones.
+CORS_EXPOSED_HEADERS = ("x-request-id", "allow")
+# How long a browser may reuse a preflight answer: short enough that a changed origin list
+# is seen within minutes.
+CORS_MAX_AGE_SECONDS = 600
+
 # The Lua filter's script that answers OPTIONS and 405 (envoy.yaml, `source_codes`), and
 # where it reads the route's status, path and `Allow`.
 _LUA_FILTER = "envoy.filters.http.lua"
@@ -76,6 +88,13 @@ class KnownPath:
         if "GET" in methods:
             methods.add("HEAD")
         return _ordered(methods)
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    """The origins a browser may call the API from (exact `scheme://host[:port]` strings)."""
+
+    origins: tuple[str, ...] = ()
 
 
 def allow_header(methods: Iterable[str]) -> str:
@@ -179,7 +198,19 @@ def known_paths(rules: Iterable[HttpRule]) -> list[KnownPath]:
     return paths
 
 
-def method_routes(paths: Sequence[KnownPath]) -> list[dict[str, Any]]:
+def cors_policy(cors: CorsSettings, methods: Iterable[str]) -> dict[str, Any]:
+    """The CORS filter's policy for `methods`: exact origins only."""
+    return {
+        "@type": _CORS_POLICY_TYPE,
+        "allow_origin_string_match": [{"exact": origin} for origin in cors.origins],
+        "allow_methods": allow_header(methods),
+        "allow_headers": ", ".join(CORS_ALLOWED_HEADERS),
+        "expose_headers": ", ".join(CORS_EXPOSED_HEADERS),
+        "max_age": str(CORS_MAX_AGE_SECONDS),
+    }
+
+
+def method_routes(paths: Sequence[KnownPath], cors: CorsSettings) -> list[dict[str, Any]]:
     """Two Envoy routes per known path, in `paths`' order: OPTIONS -> 204 with `Allow`, and
     a method the path does not have -> 405 with `Allow` (its JSON body is made by envoy.yaml's
     local_reply_config, like Envoy's other errors).
@@ -195,6 +226,8 @@ def method_routes(paths: Sequence[KnownPath]) -> list[dict[str, Any]]:
         for status in ("204", "405"):
             methods: list[dict[str, Any]]
             if status == "204":
+                # An OPTIONS request; a browser's preflight from an allowed origin is answered
+                # by the CORS filter before it gets here.
                 methods = [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]
             else:
                 # Any method but the allowed ones (an exact comparison each, no regex).
@@ -213,6 +246,9 @@ def method_routes(paths: Sequence[KnownPath]) -> list[dict[str, Any]]:
                     "disabled": True,
                 },
             }
+            if status == "204" and cors.origins:
+                # A preflight on this path is answered with this path's methods.
+                per_filter[_FILTER_CORS] = cors_policy(cors, path.allowed)
             routes.append(
                 {
                     "name": f"{'OPTIONS' if status == '204' else status} {path.template}",

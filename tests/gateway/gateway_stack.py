@@ -36,13 +36,23 @@ class Gateway:
         return RestClient("127.0.0.1", self.config.http_port)
 
 
-def start_envoy(upstream_port: int, log_path: Path, template: str | None = None) -> Envoy:
+def start_envoy(
+    upstream_port: int,
+    log_path: Path,
+    template: str | None = None,
+    *,
+    cors_origins: tuple[str, ...] = (),
+) -> Envoy:
     """An Envoy in front of 127.0.0.1:upstream_port, on free ports, ready; rendered from
-    `template` (envoy.yaml's text, changed by a test) when given."""
+    `template` (envoy.yaml's text, changed by a test) when given, allowing browsers from
+    `cors_origins` (ORDERS_CORS_ORIGINS)."""
     last: Exception | None = None
     for _ in range(3):
         config = GatewayConfig(
-            http_port=free_port(), admin_port=free_port(), upstream_port=upstream_port
+            http_port=free_port(),
+            admin_port=free_port(),
+            upstream_port=upstream_port,
+            cors_origins=cors_origins,
         )
         envoy = Envoy(config, log_path=log_path, log_level="info", template=template)
         envoy.start()

@@ -27,6 +27,7 @@ RENDER_ENV = {
     "ORDERS_ENVOY_ADMIN_PORT",
     "ORDERS_GRPC_PORT",
     "ORDERS_UPSTREAM_HOST",
+    "ORDERS_CORS_ORIGINS",
 }
 
 
@@ -180,12 +181,18 @@ def test_compose_envoy_reads_the_configuration_rendered_for_it(compose: dict[str
         v.split(":")[0] for v in render_job["volumes"] if v.endswith(config_dir)
     }
     # What the job renders with its environment is a configuration Envoy accepts.
-    environment = {k: str(v) for k, v in render_job["environment"].items()}
+    environment = {k: _compose_default(str(v)) for k, v in render_job["environment"].items()}
+    assert "ORDERS_CORS_ORIGINS" in environment, "the CORS origins must reach the rendering"
     config = GatewayConfig.from_env("compose", environment)
     assert (config.upstream_host, config.upstream_port, config.http_port) == ("server", 50051, 8080)
     from gateway import validate
 
     validate(render(dataclasses.replace(config, descriptor_path=str(DESCRIPTOR_PATH))))
+
+
+def _compose_default(value: str) -> str:
+    """A compose value with its `${VAR:-default}` references read as their defaults."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
 def test_compose_health_checks_work_against_a_running_stack(
@@ -225,6 +232,35 @@ def test_a_local_run_balances_over_every_server_process_socket() -> None:
         f"/run/o/grpc-15053-{i}.sock" for i in range(3)
     ]
     validate(text)  # Envoy accepts pipe endpoints in a STATIC cluster
+
+
+# -- CORS origins -----------------------------------------------------------------------------
+
+
+def test_cors_origins_are_read_from_the_environment() -> None:
+    assert GatewayConfig.from_env("local", {}).cors_origins == ()
+    assert GatewayConfig.from_env("local", {"ORDERS_CORS_ORIGINS": " , "}).cors_origins == ()
+    config = GatewayConfig.from_env(
+        "compose",
+        {"ORDERS_CORS_ORIGINS": "http://localhost:3000, HTTPS://App.example.com:8443,"},
+    )
+    assert config.cors_origins == ("http://localhost:3000", "https://app.example.com:8443")
+
+
+@pytest.mark.parametrize(
+    "value", ["*", "localhost:3000", "http://localhost:3000/", "https://a.example.com/app", "x"]
+)
+def test_a_cors_origin_that_is_not_one_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="ORDERS_CORS_ORIGINS"):
+        GatewayConfig.from_env("local", {"ORDERS_CORS_ORIGINS": f"http://ok.example.com,{value}"})
+
+
+def test_cors_is_rendered_only_for_configured_origins() -> None:
+    plain = render(GatewayConfig())
+    assert "typed_per_filter_config: {}" in plain and "allow_origin_string_match" not in plain
+    text = render(GatewayConfig(cors_origins=("http://localhost:3000",)))
+    assert '"allow_origin_string_match": [{"exact": "http://localhost:3000"}]' in text
+    validate(text)  # Envoy accepts the policies, the virtual host's and each path's
 
 
 # -- The routes derived from the HTTP rules ---------------------------------------------------

@@ -1,6 +1,7 @@
 """HTTP as REST clients expect it, through a real Envoy in front of a real server: HEAD on
 every GET route, OPTIONS with `Allow` on every path, 405 with `Allow` for a method a path does
-not have (404 stays for unknown paths).
+not have (404 stays for unknown paths), and browsers from the origins of ORDERS_CORS_ORIGINS and
+from no other (no CORS header at all when it is unset).
 
 The paths and their methods are read here from the generated module's descriptor (the protos'
 HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gateway/orders.pb.
@@ -9,17 +10,23 @@ HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gatew
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from gateway_stack import Gateway
+from gateway_stack import Gateway, start_envoy
 from google.api import annotations_pb2
 from harness import unique_email
 from orders.v1 import orders_pb2 as pb
-from rest_client import Reply
+from rest_client import Reply, RestClient
 
 UNIMPLEMENTED = 12
 # Headers that differ between two answers to the same request.
 VOLATILE = {"date", "x-envoy-upstream-service-time"}
+ORIGIN, OTHER_ORIGIN = "http://localhost:3000", "https://app.example.com"
+STRANGER = "https://evil.example.com"
+CORS_REQUEST_HEADERS = {"content-type", "authorization", "idempotency-key", "x-request-id"}
 
 
 def http_rules() -> dict[str, set[str]]:
@@ -188,3 +195,99 @@ def test_the_405_examples_of_the_issue(gateway: Gateway) -> None:
     got = gateway.rest.get("/api/orders/3/cancel/")
     assert got.status == 405 and got.headers["allow"] == "POST, OPTIONS", got
     assert got.error(405)["code"] == UNIMPLEMENTED
+
+
+# -- CORS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cors(gateway: Gateway, envoy_logs: Path) -> Iterator[RestClient]:
+    """A second Envoy in front of the same server, rendered with
+    ORDERS_CORS_ORIGINS="http://localhost:3000, https://app.example.com"."""
+    envoy = start_envoy(
+        gateway.server.port, envoy_logs / "envoy-cors.log", cors_origins=(ORIGIN, OTHER_ORIGIN)
+    )
+    try:
+        yield RestClient("127.0.0.1", envoy.config.http_port)
+    finally:
+        envoy.stop()
+
+
+def cors_headers(reply: Reply) -> dict[str, str]:
+    return {k: v for k, v in reply.headers.items() if k.startswith("access-control-")}
+
+
+def preflight(rest: RestClient, path: str, origin: str, method: str = "POST") -> Reply:
+    return rest.request(
+        "OPTIONS",
+        path,
+        headers={
+            "origin": origin,
+            "access-control-request-method": method,
+            "access-control-request-headers": "content-type,idempotency-key",
+        },
+    )
+
+
+@pytest.mark.parametrize("origin", [ORIGIN, OTHER_ORIGIN])
+def test_a_preflight_from_an_allowed_origin_gets_the_paths_methods_and_headers(
+    cors: RestClient, origin: str
+) -> None:
+    for path, methods in (
+        ("/api/orders/7/pay/", {"POST", "OPTIONS"}),
+        ("/api/orders/", {"GET", "HEAD", "POST", "OPTIONS"}),
+        ("/api/customers/7", {"GET", "HEAD", "OPTIONS"}),
+    ):
+        reply = preflight(cors, path, origin)
+        assert 200 <= reply.status < 300, reply
+        headers = cors_headers(reply)
+        assert headers["access-control-allow-origin"] == origin, headers
+        assert allow_set(headers["access-control-allow-methods"]) == methods, (path, headers)
+        assert allow_set(headers["access-control-allow-headers"]) == CORS_REQUEST_HEADERS
+        assert int(headers["access-control-max-age"]) > 0
+        assert "access-control-allow-credentials" not in headers
+
+
+def test_a_preflight_from_any_other_origin_gets_no_cors_header(cors: RestClient) -> None:
+    for origin in (STRANGER, "http://localhost:3001", "null", ORIGIN + "/"):
+        reply = preflight(cors, "/api/orders/7/pay/", origin)
+        assert reply.status == 204 and reply.headers["allow"] == "POST, OPTIONS", reply
+        assert cors_headers(reply) == {}, (origin, reply.headers)
+
+
+def test_real_answers_carry_allow_origin_for_an_allowed_origin_only(cors: RestClient) -> None:
+    email = unique_email("cors")
+    answers: list[tuple[str, str, Any, int]] = [
+        ("POST", "/api/customers/", {"email": email, "name": "C"}, 201),
+        ("GET", "/api/customers/?page_size=1", None, 200),
+        ("HEAD", "/api/customers/?page_size=1", None, 200),
+        ("GET", "/api/customers/987654321/", None, 404),  # the server's error
+        ("GET", "/api/orders/?stauts=paid", None, 400),  # the transcoder's
+        ("DELETE", "/api/orders/1/", None, 405),  # Envoy's own
+        ("POST", "/api/customers/", {"email": email, "name": "C"}, 409),
+    ]
+    for method, path, body, status in answers:
+        for origin, expected in ((ORIGIN, ORIGIN), (STRANGER, None), (None, None)):
+            headers = {"origin": origin} if origin else {}
+            if method == "POST" and status == 201 and origin != ORIGIN:
+                continue  # one create is enough
+            reply = cors.request(method, path, body, headers)
+            assert reply.status == status, (method, path, origin, reply)
+            assert reply.headers.get("access-control-allow-origin") == expected, (
+                method,
+                path,
+                origin,
+                reply.headers,
+            )
+            if expected is None:
+                assert cors_headers(reply) == {}, reply.headers
+
+
+def test_without_cors_origins_no_answer_has_a_cors_header(gateway: Gateway) -> None:
+    # The default: ORDERS_CORS_ORIGINS unset, no cross-origin access.
+    rest = gateway.rest
+    reply = preflight(rest, "/api/orders/7/pay/", ORIGIN)
+    assert reply.status == 204 and cors_headers(reply) == {}, reply.headers
+    for method, path in (("GET", "/api/orders/?page_size=1"), ("DELETE", "/api/orders/1/")):
+        reply = rest.request(method, path, headers={"origin": ORIGIN})
+        assert reply.status in (200, 405) and cors_headers(reply) == {}, reply.headers
