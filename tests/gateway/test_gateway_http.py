@@ -1,7 +1,8 @@
 """HTTP as REST clients expect it, through a real Envoy in front of a real server: HEAD on
 every GET route, OPTIONS with `Allow` on every path, 405 with `Allow` for a method a path does
-not have (404 stays for unknown paths), and browsers from the origins of ORDERS_CORS_ORIGINS and
-from no other (no CORS header at all when it is unset).
+not have (404 stays for unknown paths), browsers from the origins of ORDERS_CORS_ORIGINS and
+from no other (no CORS header at all when it is unset), and no gRPC header in what a REST
+client gets while native gRPC callers on the same port keep theirs.
 
 The paths and their methods are read here from the generated module's descriptor (the protos'
 HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gateway/orders.pb.
@@ -9,19 +10,24 @@ HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gatew
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_stack import Gateway, start_envoy
+from gateway_stack import Gateway, grpcurl, start_envoy
 from google.api import annotations_pb2
 from harness import unique_email
 from orders.v1 import orders_pb2 as pb
 from rest_client import Reply, RestClient
 
+SERVICE = "orders.v1.OrdersService"
 UNIMPLEMENTED = 12
+GRPC_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding", "grpc-encoding")
 # Headers that differ between two answers to the same request.
 VOLATILE = {"date", "x-envoy-upstream-service-time"}
 ORIGIN, OTHER_ORIGIN = "http://localhost:3000", "https://app.example.com"
@@ -291,3 +297,70 @@ def test_without_cors_origins_no_answer_has_a_cors_header(gateway: Gateway) -> N
     for method, path in (("GET", "/api/orders/?page_size=1"), ("DELETE", "/api/orders/1/")):
         reply = rest.request(method, path, headers={"origin": ORIGIN})
         assert reply.status in (200, 405) and cors_headers(reply) == {}, reply.headers
+
+
+# -- gRPC's own headers ---------------------------------------------------------------------
+
+
+def test_rest_answers_carry_no_grpc_header(gateway: Gateway, ids: dict[str, str]) -> None:
+    rest = gateway.rest
+    replies = {
+        "GET 200": rest.get(f"/api/orders/{ids['orders']}/"),
+        "HEAD 200": rest.request("HEAD", f"/api/orders/{ids['orders']}/"),
+        "POST 201": rest.post("/api/customers/", {"email": unique_email("g"), "name": "G"}),
+        "POST 200": rest.post(f"/api/orders/{ids['orders']}/archive/"),
+        "server 404": rest.get("/api/orders/987654321/"),
+        "server 400": rest.post("/api/customers/", {"email": "", "name": ""}),
+        "transcoder 400": rest.get("/api/orders/?stauts=paid"),
+        "Envoy 405": rest.request("DELETE", "/api/orders/1/"),
+        "OPTIONS 204": rest.request("OPTIONS", "/api/orders/"),
+    }
+    stream = rest.stream("/api/dev/seed/", {"customers": 1})
+    assert stream.last["phase"] == "PHASE_DONE"
+    every = {name: reply.headers for name, reply in replies.items()}
+    every["seed stream"] = stream.headers
+    for name, headers in every.items():
+        leaked = [h for h in GRPC_HEADERS if h in headers]
+        assert not leaked, f"{name} answered with {leaked}: {headers}"
+
+
+def test_the_seed_stream_is_ndjson_and_a_refused_seed_json(gateway: Gateway) -> None:
+    stream = gateway.rest.stream("/api/dev/seed/", {"customers": 1})
+    assert stream.status == 200 and stream.headers["content-type"] == "application/x-ndjson"
+    assert stream.last["done"] is True
+    refused = gateway.rest.post("/api/dev/seed/", {"customers": -1})
+    assert refused.error(400)["code"] == 3 and refused.content_type == "application/json"
+
+
+def test_native_grpc_through_the_same_port_keeps_its_headers(gateway: Gateway) -> None:
+    # grpcurl -v prints the response headers and trailers of a call as received.
+    called = grpcurl(
+        "-v", "-d", json.dumps({"id": 987654321}), gateway.target, f"{SERVICE}/GetOrder"
+    )
+    assert "NotFound" in called.stdout + called.stderr, called.stderr
+    done = grpcurl(
+        "-v",
+        "-d",
+        json.dumps({"email": unique_email("native"), "name": "N"}),
+        gateway.target,
+        f"{SERVICE}/CreateCustomer",
+    )
+    assert done.returncode == 0, done.stderr
+    headers = done.stdout.split("Response headers received:", 1)[1].split("\n\n", 1)[0]
+    assert "grpc-accept-encoding:" in headers, done.stdout
+    # gRPC-Web over HTTP/1.1, an error with no message: the status comes as headers, kept.
+    request = pb.GetCustomerRequest(id=987654321).SerializeToString()
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            f"/{SERVICE}/GetCustomer",
+            body=b"\x00" + struct.pack(">I", len(request)) + request,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+        response = connection.getresponse()
+        response.read()
+        received = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+    assert received.get("grpc-status") == "5" and received.get("grpc-message"), received

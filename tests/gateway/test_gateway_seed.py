@@ -42,7 +42,8 @@ def test_seed_streams_one_json_line_per_progress_message_as_it_happens(
             break
         request.customers = min(2 * request.customers, 80_000)
 
-    assert stream.status == 200 and stream.headers["content-type"].startswith("application/json")
+    # Newline-delimited JSON, and said so (the transcoder alone calls it application/json).
+    assert stream.status == 200 and stream.headers["content-type"] == "application/x-ndjson"
     lines = stream.lines
     assert len(lines) >= 3, [line.data for line in lines]
     assert lines[0].data["phase"] == "PHASE_STARTED" and lines[0].data["done"] is False
