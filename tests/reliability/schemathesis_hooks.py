@@ -1,8 +1,8 @@
 """schemathesis hooks for docs/openapi.yaml (loaded by `st run` through SCHEMATHESIS_HOOKS).
 
 Seed answers a stream: newline-delimited JSON, one SeedResponse a line, under the content type
-application/json (what Envoy's transcoder sends; the document marks such a response with
-`x-stream: newline-delimited`). A plain JSON parser would call it malformed, so:
+application/x-ndjson (the document marks such a response with `x-stream: newline-delimited`).
+A plain JSON parser would call it malformed, so:
 
 - the JSON deserializer hands schemathesis the LAST line of such a stream (the outcome), which
   its response_schema_conformance check validates like any response;
@@ -31,7 +31,8 @@ def _stream_schema_ref(operation: Any, status: int) -> str | None:
     response = operation.definition.raw.get("responses", {}).get(str(status))
     if not isinstance(response, dict) or response.get("x-stream") != "newline-delimited":
         return None
-    return str(response["content"]["application/json"]["schema"]["$ref"])
+    (content,) = response["content"].values()
+    return str(content["schema"]["$ref"])
 
 
 def _lines(response: Any) -> list[Any]:
@@ -39,7 +40,7 @@ def _lines(response: Any) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@schemathesis.deserializer("application/json")
+@schemathesis.deserializer("application/json", "application/x-ndjson")
 def json_or_stream(ctx: Any, response: Any) -> Any:
     if _stream_schema_ref(ctx.operation, response.status_code) is None:
         return response.json()

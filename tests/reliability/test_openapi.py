@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,17 @@ CHECKS = [
     "response_headers_conformance",
     "response_schema_conformance",
     "ndjson_stream_conformance",  # schemathesis_hooks.py: every line of the Seed stream
+    # Any method a path does not document is a 405 with `Allow`; OPTIONS' `Allow` is exactly the
+    # documented methods.
+    "unsupported_method",
+    "allow_header_conformance",
 ]
+# The methods the coverage phase sends where a path does not document them: schemathesis' own
+# list but QUERY, which Envoy refuses before routing unless it carries a Content-Type (a 400).
+CONFIG = """
+[phases.coverage]
+unexpected-methods = ["get", "put", "post", "delete", "options", "patch", "trace"]
+"""
 
 
 def test_openapi_document_is_current() -> None:
@@ -52,10 +63,14 @@ def test_openapi_document_is_current() -> None:
 def test_openapi_document_has_one_operation_per_rpc_at_its_route() -> None:
     document = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))
     assert document["openapi"].startswith("3.")
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        assert document["info"]["version"] == tomllib.load(file)["project"]["version"]
+    # The RPCs' own operations; HEAD and OPTIONS are Envoy's, on every path (below).
     operations = {
         op["operationId"]: (verb.upper(), path)
         for path, item in document["paths"].items()
         for verb, op in item.items()
+        if verb not in ("head", "options")
     }
     service = pb.DESCRIPTOR.services_by_name["OrdersService"]
     assert set(operations) == {m.name for m in service.methods}
@@ -65,6 +80,12 @@ def test_openapi_document_has_one_operation_per_rpc_at_its_route() -> None:
     order = document["components"]["schemas"]["Order"]["properties"]
     assert order["id"]["type"] == "string", "int64 renders as a JSON string"
     assert order["status"]["allOf"][0]["$ref"].endswith("Order.Status")
+    seed = document["paths"]["/api/dev/seed/"]["post"]["responses"]["200"]
+    assert list(seed["content"]) == ["application/x-ndjson"]
+    for path, item in document["paths"].items():
+        assert "204" in item["options"]["responses"], path
+        assert ("head" in item) == ("get" in item), path
+    assert "Allow" in document["components"]["responses"]["Error405"]["headers"]
 
 
 def _run_schemathesis(
@@ -76,8 +97,12 @@ def _run_schemathesis(
     env["ORDERS_OPENAPI"] = str(DOCUMENT)
     env.pop("HTTP_PROXY", None)
     env.pop("http_proxy", None)
+    config = report.parent / "schemathesis.toml"
+    config.write_text(CONFIG, encoding="utf-8")
     command = [
         str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(config),
         "run",
         str(DOCUMENT),
         "--url",
