@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "grpc_processes", "load_settings", "socket_dir", "worker_sockets"]
+__all__ = [
+    "Settings",
+    "data_dir",
+    "grpc_processes",
+    "load_settings",
+    "socket_dir",
+    "worker_sockets",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,9 +77,43 @@ def _seconds(name: str, default: float, env: Mapping[str, str] = os.environ) -> 
     return value
 
 
+def data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the default SQLite file and the Unix sockets go: ORDERS_DATA_DIR; else `data/` of a
+    source checkout this user may write (scripts/run); else a folder of the user's own, so that
+    an installed server (site-packages, an image's /app) never writes among its code."""
+    configured = env.get("ORDERS_DATA_DIR", "").strip()
+    if configured:
+        return Path(configured)
+    if (ROOT / "pyproject.toml").is_file() and os.access(ROOT, os.W_OK | os.X_OK):
+        return ROOT / "data"
+    xdg = env.get("XDG_DATA_HOME", "").strip()
+    try:
+        home = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    except RuntimeError:  # no HOME and no entry in the password database
+        home = None
+    if home is not None and _may_create(home / "orders"):
+        return home / "orders"
+    # A system user without a home of its own (as in the image, which sets ORDERS_DATA_DIR).
+    return Path(tempfile.gettempdir()) / f"orders-{os.getuid()}" / "data"
+
+
+def _may_create(path: Path) -> bool:
+    """Whether this user may create `path`: its nearest existing ancestor is writable."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    return False
+
+
 def default_database_url() -> str:
-    data = Path(os.environ.get("ORDERS_DATA_DIR", ROOT / "data"))
-    data.mkdir(parents=True, exist_ok=True)
+    data = data_dir()
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot create the data folder {data} ({exc.strerror}): set ORDERS_DATA_DIR to a"
+            " folder this user may write, or DATABASE_URL"
+        ) from None
     return f"sqlite:///{(data / 'orders.sqlite3').resolve()}"
 
 
@@ -81,7 +122,7 @@ def socket_dir(env: Mapping[str, str] = os.environ) -> Path:
     configured = env.get("ORDERS_SOCKET_DIR", "").strip()
     if configured:
         return Path(configured)
-    return Path(env.get("ORDERS_DATA_DIR", ROOT / "data")) / "sockets"
+    return data_dir(env) / "sockets"
 
 
 def grpc_processes(env: Mapping[str, str] = os.environ) -> int:
