@@ -261,7 +261,7 @@ def test_values_out_of_range_are_one_line_errors_not_python_exceptions() -> None
     # As a user runs it: nothing is sent, so no server is needed.
     target = f"127.0.0.1:{free_port()}"
     for args, line in (
-        # protobuf's int32 overflowed here: "unexpected ValueError: Value out of range".
+        # Past int32: protobuf would refuse it with a ValueError ("Value out of range").
         (
             ("seed", "--customers", "99999999999"),
             "error: argument --customers: must be a whole number from 1 to 100,000, got",
@@ -403,8 +403,8 @@ def test_ctrl_c_cancels_the_seed_and_nothing_of_it_is_kept(
 ) -> None:
     # Ctrl-C lands while the bar shows the items phase at most half done: the customers and the
     # orders are written, and the server still has at least half the seed's rows to write, some
-    # five seconds at the measured rate, against the milliseconds a cancel takes to reach it. A
-    # signal at the first redraw raced a small seed on a fast machine and lost (exit 0).
+    # five seconds at the measured rate, against the milliseconds a cancel takes to reach it.
+    # Signalled at the first redraw, a seed could finish first on a fast machine (exit 0).
     request = long_seed(shared_server, backend, seconds=10.0)
     largest = 5_000_000 // (1 + request.orders_per_customer * (1 + request.items_per_order))
     signalled: list[tuple[str, ...]] = []
