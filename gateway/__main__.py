@@ -45,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "health":
         return 0 if is_serving(args.target, args.service) else 1
 
-    config = GatewayConfig.from_env(args.variant)
-    if args.variant == "local":
-        config = config.with_server_processes(os.environ)  # as `run` starts them
+    try:
+        config = GatewayConfig.from_env(args.variant)
+        if args.variant == "local":
+            config = config.with_server_processes(os.environ)  # as `run` starts them
+    except ValueError as error:  # a setting from the environment: say which, no traceback
+        print(f"python -m gateway {args.command}: {error}", file=sys.stderr)
+        return 2
     if args.command == "validate":
         # The compose file mounts this very descriptor at COMPOSE_DESCRIPTOR_PATH; Envoy checks
         # that the file exists, so validate with it where it is here.

@@ -33,7 +33,11 @@ def run(environ: Mapping[str, str] | None = None) -> int:
     the foreground until SIGINT or SIGTERM (or until either child exits). Returns the exit code."""
     env = dict(os.environ if environ is None else environ)
     # Envoy balances over every server process's Unix socket (ORDERS_GRPC_PROCESSES).
-    config = GatewayConfig.from_env("local", env).with_server_processes(env)
+    try:
+        config = GatewayConfig.from_env("local", env).with_server_processes(env)
+    except ValueError as error:  # a setting from the environment: say which, no traceback
+        _say(f"orders service did not start: {error}")
+        return 2
     grpc_target = f"{config.upstream_host}:{config.upstream_port}"
     env.setdefault("ORDERS_GRPC_PORT", str(config.upstream_port))
     # Envoy is stopped before the server, so no balancer is left to notice a drain: Ctrl-C

@@ -255,6 +255,28 @@ def test_a_cors_origin_that_is_not_one_is_refused(value: str) -> None:
         GatewayConfig.from_env("local", {"ORDERS_CORS_ORIGINS": f"http://ok.example.com,{value}"})
 
 
+def test_render_names_a_bad_setting_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "render"],
+        cwd=ROOT,
+        env=clean_env(ORDERS_CORS_ORIGINS="https://shop.example.com/app"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "ORDERS_CORS_ORIGINS" in done.stderr, done.stderr
+
+
+def test_scripts_run_refuses_a_bad_setting_before_starting_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.local_stack import run
+
+    assert run({"ORDERS_CORS_ORIGINS": "*"}) == 2
+    assert "did not start: ORDERS_CORS_ORIGINS" in capsys.readouterr().err
+
+
 def test_cors_is_rendered_only_for_configured_origins() -> None:
     plain = render(GatewayConfig())
     assert "typed_per_filter_config: {}" in plain and "allow_origin_string_match" not in plain
