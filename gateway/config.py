@@ -6,7 +6,8 @@ alone on its line stands for lines (YAML list items), each indented like it.
 
 Besides ports and addresses, the rendering carries what is derived rather than written: the
 routes that answer OPTIONS and 405 for each REST path, from the API's HTTP rules
-(gateway/routes.py), and the CORS policy for the origins in ORDERS_CORS_ORIGINS.
+(gateway/routes.py), the API's enums (for errors that list their values), and the CORS policy
+for the origins in ORDERS_CORS_ORIGINS.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from typing import Literal
 from gateway.routes import (
     TRANSCODED_SERVICES,
     CorsSettings,
+    api_enums,
     cors_policy,
     flow_lines,
     http_rules,
     known_paths,
+    lua_table,
     method_routes,
 )
 from server.config import grpc_processes, socket_dir, worker_sockets
@@ -138,6 +141,7 @@ class GatewayConfig:
             "transcoded_services": json.dumps(list(TRANSCODED_SERVICES)),
             "method_routes": flow_lines(method_routes(paths, cors)),
             "virtual_host_filters": json.dumps(vhost_filters),
+            "api_enums": lua_table(api_enums(DESCRIPTOR_PATH, TRANSCODED_SERVICES)),
         }
 
     @property

@@ -26,9 +26,12 @@ __all__ = [
     "CorsSettings",
     "KnownPath",
     "allow_header",
+    "api_enums",
     "cors_policy",
+    "flow_lines",
     "http_rules",
     "known_paths",
+    "lua_table",
     "method_routes",
 ]
 
@@ -136,6 +139,37 @@ def http_rules(
     if wanted:
         raise ValueError(f"{descriptor_path} has no service {sorted(wanted)}")
     return found
+
+
+def api_enums(
+    descriptor_path: Path, services: Sequence[str] = TRANSCODED_SERVICES
+) -> dict[str, list[str]]:
+    """Full name -> value names of every enum in the files that define `services`: what an
+    error about a bad enum value can list as the accepted values."""
+    files = []
+    for file in _descriptor_set(descriptor_path).file:
+        if any(f"{file.package}.{s.name}" in services for s in file.service):
+            files.append(file)
+    found: dict[str, list[str]] = {}
+
+    def collect(scope: str, messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
+        for message in messages:
+            name = f"{scope}.{message.name}"
+            for enum in message.enum_type:
+                found[f"{name}.{enum.name}"] = [v.name for v in enum.value]
+            collect(name, message.nested_type)
+
+    for file in files:
+        for enum in file.enum_type:
+            found[f"{file.package}.{enum.name}"] = [v.name for v in enum.value]
+        collect(file.package, file.message_type)
+    return found
+
+
+def lua_table(entries: dict[str, list[str]]) -> str:
+    """A Lua table literal, name -> "A, B, C", on one line."""
+    items = ", ".join(f"[{json.dumps(k)}] = {json.dumps(', '.join(v))}" for k, v in entries.items())
+    return "{" + items + "}"
 
 
 def _segments(template: str) -> tuple[str | None, ...]:
