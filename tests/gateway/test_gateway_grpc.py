@@ -3,14 +3,12 @@ reflection, the way operators and internal services call it."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import struct
 from pathlib import Path
 
 import grpc
 import pytest
-from gateway_stack import Gateway, grpcurl, start_envoy
+from gateway_stack import Gateway, grpc_web_get_customer, grpcurl, start_envoy
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -106,21 +104,8 @@ def test_grpcurl_calls_through_envoy(gateway: Gateway) -> None:
 
 
 def test_grpc_web_through_envoy(gateway: Gateway) -> None:
-    request = pb.GetCustomerRequest(id=987654321).SerializeToString()
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=10)
-    try:
-        connection.request(
-            "POST",
-            f"/{SERVICE}/GetCustomer",
-            body=b"\x00" + struct.pack(">I", len(request)) + request,
-            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
-        )
-        response = connection.getresponse()
-        body = response.read()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-    assert response.status == 200
+    status, headers, body = grpc_web_get_customer(gateway, 987654321)
+    assert status == 200
     assert headers["content-type"].startswith("application/grpc-web")
     # A not-found customer: no message frame, the status in headers or in a trailer frame.
     trailers = headers.get("grpc-status", "")

@@ -10,16 +10,14 @@ HTTP rules), not from gateway/routes.py, which derives Envoy's routes from gatew
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_stack import Gateway, grpcurl, start_envoy
+from gateway_stack import Gateway, grpc_web_get_customer, grpcurl, start_envoy
 from google.api import annotations_pb2
 from harness import unique_email
 from orders.v1 import orders_pb2 as pb
@@ -349,18 +347,5 @@ def test_native_grpc_through_the_same_port_keeps_its_headers(gateway: Gateway) -
     headers = done.stdout.split("Response headers received:", 1)[1].split("\n\n", 1)[0]
     assert "grpc-accept-encoding:" in headers, done.stdout
     # gRPC-Web over HTTP/1.1, an error with no message: the status comes as headers, kept.
-    request = pb.GetCustomerRequest(id=987654321).SerializeToString()
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=10)
-    try:
-        connection.request(
-            "POST",
-            f"/{SERVICE}/GetCustomer",
-            body=b"\x00" + struct.pack(">I", len(request)) + request,
-            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
-        )
-        response = connection.getresponse()
-        response.read()
-        received = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
+    _, received, _ = grpc_web_get_customer(gateway, 987654321)
     assert received.get("grpc-status") == "5" and received.get("grpc-message"), received
