@@ -37,6 +37,8 @@ import yaml
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from server.domain.validation import MAX_ITEMS_PER_ORDER
+
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "gateway" / "orders.pb"
 OUTPUT = ROOT / "docs" / "openapi.yaml"
@@ -110,7 +112,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     ".orders.v1.CreateCustomerRequest.name": {"minLength": 1, "maxLength": 200, "pattern": r"\S"},
     ".orders.v1.ListCustomersRequest.page_size": {"minimum": 0},
     ".orders.v1.CreateOrderRequest.customer_id": _ID,
-    ".orders.v1.CreateOrderRequest.items": {"maxItems": 1000},
+    # The upper bound is the server's constant, so the two cannot drift apart. The lower one is
+    # not a number the server keeps: Violations.items refuses an empty list.
+    ".orders.v1.CreateOrderRequest.items": {"minItems": 1, "maxItems": MAX_ITEMS_PER_ORDER},
     ".orders.v1.OrderItem.sku": {"minLength": 1, "maxLength": 64, "pattern": r"\S"},
     ".orders.v1.OrderItem.quantity": {"minimum": 1, "maximum": 1_000_000},
     ".orders.v1.OrderItem.unit_price_cents": {"minimum": 0, "maximum": 10_000_000_000},
