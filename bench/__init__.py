@@ -1,4 +1,4 @@
-"""The side-by-side benchmark of issue 4 (`scripts/bench`): the orders service measured next to
+"""The side-by-side benchmark (`scripts/bench`): the orders service measured next to
 the raw-psycopg floor of the same work, in one run, on throwaway PostgreSQL databases.
 
 Modules: `stack` (databases, server processes, Envoy, wrk), `rows` (the seed's rows, for the

@@ -1,4 +1,4 @@
-"""`scripts/bench [--size tiny|small|medium|large]`: issue 4's side-by-side benchmark.
+"""`scripts/bench [--size tiny|small|medium|large]`: the side-by-side benchmark.
 
 One run: throwaway PostgreSQL databases (orders_bench_<random>_*, created from
 BENCH_DATABASE_URL, the admin connection, and dropped at the end), the service's own servers
