@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from .methods import METHODS, SERVICE
+
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TARGET",
@@ -27,33 +29,14 @@ __all__ = [
     "service_config",
 ]
 
-SERVICE = "orders.v1.OrdersService"
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_VARIABLE = "ORDERS_TARGET"
 TOKEN_VARIABLE = "ORDERS_TOKEN"  # an API token (ORDERS_API_TOKENS on the server)
 ADMIN_TOKEN_VARIABLE = "ORDERS_ADMIN_TOKEN"  # the server's admin token: Seed, and everything
-ADMIN_METHODS = ("Seed",)
-
-# Safe to send again after UNAVAILABLE: reads, transitions that succeed unchanged when repeated
-# (CONTRACT: "repeating a transition the order already made succeeds"), and Seed, which is all
-# or nothing and is only retried before its first progress message (gRPC commits a streaming
-# call once a response arrives).
-RETRIED_METHODS = (
-    "GetCustomer",
-    "ListCustomers",
-    "GetOrder",
-    "ListOrders",
-    "PayOrder",
-    "ShipOrder",
-    "CancelOrder",
-    "ArchiveOrder",
-    "GetSummary",
-    "Seed",
-)
-# Not retried: the server answers UNAVAILABLE when its database drops, possibly after a commit,
-# so a second CreateOrder could make a second order and a second CreateCustomer would answer
-# ALREADY_EXISTS for a customer that was in fact created.
-NON_RETRIED_METHODS = ("CreateCustomer", "CreateOrder")
+# From the method table (methods.py), which says why each method is or is not retried.
+ADMIN_METHODS = tuple(m.name for m in METHODS.values() if m.admin_only)
+RETRIED_METHODS = tuple(m.name for m in METHODS.values() if m.retryable)
+NON_RETRIED_METHODS = tuple(m.name for m in METHODS.values() if not m.retryable)
 
 
 @dataclass(frozen=True)

@@ -41,23 +41,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from orders.v1 import orders_pb2 as pb
 
+from orders_client.methods import METHODS
+
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 SERVICES = {SERVICE_NAME, "grpc.health.v1.Health"}
 REFLECTION = {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
-RPCS = {
-    "CreateCustomer",
-    "GetCustomer",
-    "ListCustomers",
-    "CreateOrder",
-    "GetOrder",
-    "ListOrders",
-    "PayOrder",
-    "ShipOrder",
-    "CancelOrder",
-    "ArchiveOrder",
-    "GetSummary",
-    "Seed",
-}
+RPCS = set(METHODS)
 INTERNALS = re.compile(
     r"Traceback|File \"|sqlalchemy|psycopg|sqlite|OperationalError|IntegrityError|"
     r"\bSELECT\b|\bINSERT\b|\bUPDATE\b|/work/|site-packages|\.py\b",

@@ -9,6 +9,8 @@ import grpc
 from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc
 
+from orders_client.methods import METHODS
+
 from .. import calls
 from ..domain.book import OrderBook
 from ..domain.lifecycle import Action
@@ -21,11 +23,18 @@ from .interceptor import metadata_value
 
 __all__ = ["OrdersServicer"]
 
-# Envoy's Lua filter turns this into the HTTP status of a successful create. Trailing metadata,
-# not initial: grpcio sends it with the response and the status in one batch, whereas initial
-# metadata sent by the handler leaves at once. Envoy retries nothing once a response has begun,
-# so a replica killed between the two cost the caller a 503 for a create that had committed.
-_CREATED = (("x-http-code", "201"),)
+
+def _success_status(method: str) -> tuple[tuple[str, str], ...]:
+    """The method table's HTTP status for a success, which Envoy's Lua filter makes the
+    response's. Sent as trailing metadata, not initial: grpcio sends it with the response and
+    the status in one batch, whereas initial metadata sent by the handler leaves at once.
+    Envoy retries nothing once a response has begun, so a replica killed between the two would
+    cost the caller a 503 for a create that had committed."""
+    return (("x-http-code", str(METHODS[method].http_status)),)
+
+
+_CUSTOMER_CREATED = _success_status("CreateCustomer")
+_ORDER_CREATED = _success_status("CreateOrder")
 
 
 def _count_seed(progress: Progress) -> None:
@@ -64,7 +73,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         customer = self._book.create_customer(
             request.email, request.name, _idempotency(context, "CreateCustomer", request)
         )
-        context.set_trailing_metadata(_CREATED)
+        context.set_trailing_metadata(_CUSTOMER_CREATED)
         return convert.customer_message(customer)
 
     def GetCustomer(
@@ -87,7 +96,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             convert.new_items(list(request.items)),
             _idempotency(context, "CreateOrder", request),
         )
-        context.set_trailing_metadata(_CREATED)
+        context.set_trailing_metadata(_ORDER_CREATED)
         return convert.order_message(order)
 
     def GetOrder(self, request: pb.GetOrderRequest, context: grpc.ServicerContext) -> pb.Order:
