@@ -8,9 +8,10 @@ enums by name, Timestamp as RFC 3339, Duration as seconds with an `s`, primitive
 repeated fields always printed, unset message fields left out. Errors are google.rpc.Status as
 JSON: {code, message, details}. In requests any field may be null (read as its default).
 
-What the protos cannot say is written here, once: which RPCs answer 201 (the Create methods, as
-the server's x-http-code metadata makes them), which errors a route can give, the trailing slash
-the Django clients use, the bearer credential, and the newline-delimited stream of Seed. What
+What the protos cannot say comes from the method table (orders_client/methods.py: which RPCs
+answer 201, as the server's x-http-code metadata makes them), the server's validation limits,
+or is written here, once: which errors a route can give, the trailing slash the Django clients
+use, the bearer credential, and the newline-delimited stream of Seed. What
 Envoy adds to every path is derived like its routes (gateway/routes.py): HEAD beside each GET,
 OPTIONS with the path's `Allow`, and a 405 with `Allow` for any other method. The document's
 version is the project's (pyproject.toml).
@@ -37,7 +38,21 @@ import yaml
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from server.domain.validation import MAX_ITEMS_PER_ORDER
+from orders_client.methods import METHODS, Method
+from server.domain.seeding import (
+    MAX_SEED_CUSTOMERS,
+    MAX_SEED_ITEMS_PER_ORDER,
+    MAX_SEED_ORDERS_PER_CUSTOMER,
+)
+from server.domain.validation import (
+    MAX_EMAIL_LENGTH,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_ITEMS_PER_ORDER,
+    MAX_NAME_LENGTH,
+    MAX_QUANTITY,
+    MAX_SKU_LENGTH,
+    MAX_UNIT_PRICE_CENTS,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "gateway" / "orders.pb"
@@ -53,9 +68,6 @@ UINT32_TYPES = {FDP.TYPE_UINT32, FDP.TYPE_FIXED32}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-# What the protos do not carry. Successful creates answer 201 (the server sends x-http-code
-# metadata, a Lua filter in envoy.yaml turns it into the status): AIP-133's Create methods.
-CREATED_PREFIX = "Create"
 # The content type of a server-streaming answer (envoy.yaml's seed route sets it).
 STREAM_MEDIA_TYPE = "application/x-ndjson"
 STREAM_NOTE = (
@@ -90,8 +102,10 @@ METHOD_NOT_ALLOWED = (
 
 # The server's validation rules (docs/architecture.md, "Where the contract is silent"), which
 # the protos only state in comments: they bound what a request may hold, never what a response
-# holds. Anything outside them is a 400. The fuzz test (tests/reliability/test_openapi.py) sends
-# values on both sides of each bound.
+# holds. Anything outside them is a 400. Each upper bound is the server's own constant, so the
+# two cannot drift apart; the lower ones are not numbers the server keeps (a positive id, a
+# required text, an order of at least one item). The fuzz test
+# (tests/reliability/test_openapi.py) sends values on both sides of each bound.
 _ID = {"minimum": 1}
 CONSTRAINTS: dict[str, dict[str, Any]] = {
     **{
@@ -106,25 +120,30 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
         )
     },
     ".orders.v1.CreateCustomerRequest.email": {
-        "maxLength": 254,
+        "maxLength": MAX_EMAIL_LENGTH,
         "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
     },
-    ".orders.v1.CreateCustomerRequest.name": {"minLength": 1, "maxLength": 200, "pattern": r"\S"},
+    ".orders.v1.CreateCustomerRequest.name": {
+        "minLength": 1,
+        "maxLength": MAX_NAME_LENGTH,
+        "pattern": r"\S",
+    },
     ".orders.v1.ListCustomersRequest.page_size": {"minimum": 0},
     ".orders.v1.CreateOrderRequest.customer_id": _ID,
-    # The upper bound is the server's constant, so the two cannot drift apart. The lower one is
-    # not a number the server keeps: Violations.items refuses an empty list.
     ".orders.v1.CreateOrderRequest.items": {"minItems": 1, "maxItems": MAX_ITEMS_PER_ORDER},
-    ".orders.v1.OrderItem.sku": {"minLength": 1, "maxLength": 64, "pattern": r"\S"},
-    ".orders.v1.OrderItem.quantity": {"minimum": 1, "maximum": 1_000_000},
-    ".orders.v1.OrderItem.unit_price_cents": {"minimum": 0, "maximum": 10_000_000_000},
+    ".orders.v1.OrderItem.sku": {"minLength": 1, "maxLength": MAX_SKU_LENGTH, "pattern": r"\S"},
+    ".orders.v1.OrderItem.quantity": {"minimum": 1, "maximum": MAX_QUANTITY},
+    ".orders.v1.OrderItem.unit_price_cents": {"minimum": 0, "maximum": MAX_UNIT_PRICE_CENTS},
     ".orders.v1.ListOrdersRequest.page_size": {"minimum": 0},
-    ".orders.v1.ListOrdersRequest.email": {"maxLength": 254},
+    ".orders.v1.ListOrdersRequest.email": {"maxLength": MAX_EMAIL_LENGTH},
     ".orders.v1.ListOrdersRequest.customer_id": {"minimum": 0},
     ".orders.v1.GetSummaryRequest.limit": {"minimum": 0},
-    ".orders.v1.SeedRequest.customers": {"minimum": 1, "maximum": 100_000},
-    ".orders.v1.SeedRequest.orders_per_customer": {"minimum": 0, "maximum": 1_000},
-    ".orders.v1.SeedRequest.items_per_order": {"minimum": 0, "maximum": 100},
+    ".orders.v1.SeedRequest.customers": {"minimum": 1, "maximum": MAX_SEED_CUSTOMERS},
+    ".orders.v1.SeedRequest.orders_per_customer": {
+        "minimum": 0,
+        "maximum": MAX_SEED_ORDERS_PER_CUSTOMER,
+    },
+    ".orders.v1.SeedRequest.items_per_order": {"minimum": 0, "maximum": MAX_SEED_ITEMS_PER_ORDER},
 }
 
 
@@ -446,7 +465,8 @@ class Generator:
                         **self._field_doc(method.input_type, fld.name),
                     }
                 )
-        if method.name.startswith(CREATED_PREFIX):
+        entry = _table_entry(method.name)
+        if entry.creates:
             parameters.append(
                 {
                     "name": "Idempotency-Key",
@@ -455,7 +475,7 @@ class Generator:
                     "schema": {
                         "type": "string",
                         "minLength": 1,
-                        "maxLength": 255,
+                        "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
                         "pattern": "^[!-~]+$",
                     },
                     "description": "Sent again with the same key and body, the create answers"
@@ -475,9 +495,9 @@ class Generator:
             operation["parameters"] = parameters
         if body:
             operation["requestBody"] = self._request_body(method, body, path_fields)
-        success = "201" if method.name.startswith(CREATED_PREFIX) else "200"
+        success = str(entry.http_status)
         out = self.ref(method.output_type, "out")
-        content_doc = "The created resource." if success == "201" else "Success."
+        content_doc = "The created resource." if entry.creates else "Success."
         if method.server_streaming:
             content_doc = STREAM_NOTE
         media_type = STREAM_MEDIA_TYPE if method.server_streaming else "application/json"
@@ -491,7 +511,7 @@ class Generator:
             # Not an OpenAPI 3.0 notion: a marker for tools (the fuzz test's hooks read it).
             responses[success]["x-stream"] = "newline-delimited"
         for code in ERRORS:
-            if code == "409" and not method.name.startswith(CREATED_PREFIX):
+            if code == "409" and not entry.creates:
                 continue
             if code == "413" and not body:
                 continue
@@ -563,6 +583,14 @@ class Generator:
                 }
                 for _path, _verb, target_id in targets
             }
+
+
+def _table_entry(name: str) -> Method:
+    """The method table's entry for an RPC: its success status comes from there."""
+    entry = METHODS.get(name)
+    if entry is None:
+        raise SystemExit(f"openapi: {name} is not in the method table (orders_client/methods.py)")
+    return entry
 
 
 def scalar_schema(kind: int, direction: str) -> dict[str, Any]:

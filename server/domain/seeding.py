@@ -25,6 +25,9 @@ from .records import Status
 from .validation import Violations
 
 __all__ = [
+    "MAX_SEED_CUSTOMERS",
+    "MAX_SEED_ITEMS_PER_ORDER",
+    "MAX_SEED_ORDERS_PER_CUSTOMER",
     "Phase",
     "Progress",
     "SeedPlan",
@@ -35,9 +38,12 @@ __all__ = [
     "seed_email",
 ]
 
-MAX_CUSTOMERS = 100_000
-MAX_ORDERS_PER_CUSTOMER = 1_000
-MAX_ITEMS_PER_ORDER = 100
+# The shape of one seed: how many customers, and orders and items for each. The items cap is
+# the seed's own, well below the most items a created order may hold
+# (validation.MAX_ITEMS_PER_ORDER): generated orders need no more to look real.
+MAX_SEED_CUSTOMERS = 100_000
+MAX_SEED_ORDERS_PER_CUSTOMER = 1_000
+MAX_SEED_ITEMS_PER_ORDER = 100
 _CHECK_EVERY = 1024
 
 
@@ -75,9 +81,9 @@ def plan_seed(
 ) -> SeedPlan:
     violations = Violations()
     for field, value, low, high in (
-        ("customers", customers, 1, MAX_CUSTOMERS),
-        ("orders_per_customer", orders_per_customer, 0, MAX_ORDERS_PER_CUSTOMER),
-        ("items_per_order", items_per_order, 0, MAX_ITEMS_PER_ORDER),
+        ("customers", customers, 1, MAX_SEED_CUSTOMERS),
+        ("orders_per_customer", orders_per_customer, 0, MAX_SEED_ORDERS_PER_CUSTOMER),
+        ("items_per_order", items_per_order, 0, MAX_SEED_ITEMS_PER_ORDER),
     ):
         if not low <= value <= high:
             violations.add(field, f"must be between {low:,} and {high:,}, got {value:,}")

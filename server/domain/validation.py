@@ -9,6 +9,7 @@ from .records import NewItem
 
 __all__ = [
     "MAX_EMAIL_LENGTH",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_ITEMS_PER_ORDER",
     "MAX_NAME_LENGTH",
     "MAX_ORDER_TOTAL_CENTS",
