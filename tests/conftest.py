@@ -7,7 +7,9 @@
 
 PostgreSQL comes from TEST_DATABASE_URL (default: the local server's `test` database); the
 session creates databases of its own there and drops them at the end. When it cannot be
-reached, CI=true fails the run; elsewhere the PostgreSQL half is skipped, loudly.
+reached, CI=true fails the run; elsewhere the PostgreSQL half is skipped, loudly. The modules
+of THROUGH_PGBOUNCER run a third time (id `pgbouncer`) through a PgBouncer of the session's own
+(tests/pgbouncer.py) in front of that server.
 """
 
 from __future__ import annotations
@@ -22,8 +24,37 @@ import harness
 import pytest
 import sqlalchemy as sa
 from harness import OrdersServer, PostgresDatabases, ServerFactory, SqliteDatabases
+from pgbouncer import PgBouncerDatabases, PgBouncerUnavailable
 
 BACKENDS = ("sqlite", "postgresql")
+# These modules also run against PostgreSQL through a real PgBouncer in transaction mode
+# (backend id `pgbouncer`, ORDERS_TRANSACTION_POOLING=1): between them every RPC, deadlines,
+# seeds and errors, over gRPC and REST.
+THROUGH_PGBOUNCER = frozenset(
+    {
+        "test_customers.py",
+        "test_orders.py",
+        "test_list_orders.py",
+        "test_summary.py",
+        "test_deadlines.py",
+        "test_errors.py",
+        "test_seed.py",
+        "test_gateway_rest.py",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # ahead of the fixture's own params, which it then replaces
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    definition = metafunc.definition
+    if "databases" not in metafunc.fixturenames or definition.path.name not in THROUGH_PGBOUNCER:
+        return
+    for mark in definition.iter_markers("parametrize"):
+        if mark.args and "databases" in str(mark.args[0]):
+            return  # a test that chose its backends itself
+    definition.add_marker(
+        pytest.mark.parametrize("databases", (*BACKENDS, "pgbouncer"), indirect=True)
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,9 +85,8 @@ def databases(
         return
     url = os.environ.get("TEST_DATABASE_URL", harness.DEFAULT_TEST_DATABASE_URL)
     shown = sa.make_url(url).render_as_string(hide_password=True)
-    dbs = PostgresDatabases(url)
     try:
-        dbs.check()
+        PostgresDatabases(url).check()
     except Exception as exc:  # any failure to reach it: refused, auth, DNS, timeout
         reason = f"PostgreSQL at {shown} is unreachable ({type(exc).__name__}: {exc})".strip()
         if _in_ci():
@@ -67,8 +97,21 @@ def databases(
             _postgres_skipped.append(reason)
             warnings.warn(f"SKIPPING every PostgreSQL test: {reason}", stacklevel=1)
         pytest.skip(f"PostgreSQL NOT TESTED: {reason}")
+    dbs = PostgresDatabases(url) if request.param == "postgresql" else _through_pgbouncer(url)
     yield dbs
     dbs.close()
+
+
+def _through_pgbouncer(url: str) -> PgBouncerDatabases:
+    """PgBouncer (installed by apt-get when missing) in front of the test PostgreSQL. Without
+    it CI=true fails; elsewhere these tests are skipped, loudly."""
+    try:
+        return PgBouncerDatabases(url)
+    except PgBouncerUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"{exc}; CI=true requires the PgBouncer tests", pytrace=False)
+        warnings.warn(f"SKIPPING the tests through PgBouncer: {exc}", stacklevel=1)
+        pytest.skip(f"PgBouncer NOT TESTED: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +93,8 @@ class SqliteDatabases:
     """Fresh SQLite files in a temporary folder, each a copy of a migrated template."""
 
     kind = "sqlite"
+    label = "sqlite"  # names the servers' logs
+    server_env: Mapping[str, str] = {}
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
@@ -126,6 +128,8 @@ class PostgresDatabases:
     a migrated template database (`CREATE DATABASE ... TEMPLATE`)."""
 
     kind = "postgresql"
+    label = "postgresql"
+    server_env: Mapping[str, str] = {}
 
     def __init__(self, admin_url: str) -> None:
         self._admin_url = admin_url
@@ -480,9 +484,11 @@ class ServerFactory:
 
     def start(self, name: str = "server", env: dict[str, str] | None = None) -> OrdersServer:
         url = self.databases.create()
-        label = f"{self.kind}-{name}-{len(self._servers) + 1}"
+        label = f"{self.databases.label}-{name}-{len(self._servers) + 1}"
+        # What the way to the database asks of the server (a pooler: transaction pooling).
+        env = {**self.databases.server_env, **(env or {})}
         # Its database is a copy of a migrated template.
-        server = OrdersServer(url, env or {}, self._log_dir / f"{label}.log", label, migrate=False)
+        server = OrdersServer(url, env, self._log_dir / f"{label}.log", label, migrate=False)
         self._servers.append(server)
         ALL_SERVERS.append(server)
         try:

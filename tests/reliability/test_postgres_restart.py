@@ -184,13 +184,14 @@ def _check_outcome(
     windows: list[Window],
     recoveries: list[float],
     customer_id: int,
+    label: str = "postgres-crash",
 ) -> None:
     outage_calls = [
         c for _ds, down, up_started, _up in windows for c in between(calls, down + 0.3, up_started)
     ]
     failures = [c for c in calls if not c.ok]
     figures.record(
-        "postgres-crash",
+        label,
         cycles=len(windows),
         outage_seconds=[round(w[2] - w[1], 1) for w in windows],
         calls=len(calls),
