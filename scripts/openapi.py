@@ -265,10 +265,10 @@ class Generator:
             prop = self.field_schema(fld, direction, full_name)
             if direction != "out":
                 prop = _nullable(prop)
-            text = self.comments.get(f"{full_name}.{fld.name}")
-            if text:
-                prop = _describe(prop, text)
-            if text and text.startswith("Output only") and direction != "out":
+            comment = self.comments.get(f"{full_name}.{fld.name}")
+            if comment:
+                prop = _describe(prop, comment)
+            if comment and comment.startswith("Output only") and direction != "out":
                 # AIP-203: the server sets it and ignores what a request says.
                 prop = {**prop, "readOnly": True}
             properties[fld.name] = prop
@@ -277,8 +277,8 @@ class Generator:
             if direction == "out" and not is_message:
                 required.append(fld.name)
         schema = {"type": "object"}
-        if text := self.comments.get(full_name):
-            schema["description"] = text
+        if comment := self.comments.get(full_name):
+            schema["description"] = comment
         schema["properties"] = properties
         if required:
             schema["required"] = required
