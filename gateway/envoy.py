@@ -56,9 +56,9 @@ def validate(config_text: str) -> str:
 class Envoy:
     """One Envoy process serving ``config``.
 
-    It runs in its own session (an Envoy whose starting script exited was seen killed by the
-    terminal's signals), so it is stopped explicitly, by PID, with ``stop()`` or by leaving the
-    ``with`` block.
+    It runs in its own session: the terminal's signals (a Ctrl-C, the hangup when the script
+    that started it ends) reach its owner only, which stops it explicitly, by PID, with
+    ``stop()`` or by leaving the ``with`` block, when and in the order it chooses.
     """
 
     def __init__(

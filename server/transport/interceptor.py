@@ -2,8 +2,8 @@
 its per-call state (server/calls.py), maps its errors, and records it (metrics, log line).
 
 One interceptor, not one per concern, and straight-line code rather than nested context
-managers: grpcio runs every interceptor on every call and each re-wraps the handler, and on a
-call that costs PostgreSQL a tenth of a millisecond the machinery around it is what shows.
+managers: grpcio runs every interceptor on every call and each re-wraps the handler, and the
+service's queries are cheap enough that the machinery around a call is what shows.
 """
 
 from __future__ import annotations

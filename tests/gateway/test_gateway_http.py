@@ -189,7 +189,7 @@ def test_a_method_a_path_does_not_have_is_a_405_with_allow(
         assert "TYPE_" not in body["message"] and "orders.v1" not in body["message"], body
 
 
-def test_the_405_examples_of_the_issue(gateway: Gateway) -> None:
+def test_a_delete_on_an_order_and_a_get_on_a_transition_are_405s(gateway: Gateway) -> None:
     deleted = gateway.rest.request("DELETE", "/api/orders/3/")
     assert deleted.status == 405 and deleted.headers["allow"] == "GET, HEAD, OPTIONS", deleted
     assert deleted.json() == {
