@@ -8,13 +8,14 @@ enums by name, Timestamp as RFC 3339, Duration as seconds with an `s`, primitive
 repeated fields always printed, unset message fields left out. Errors are google.rpc.Status as
 JSON: {code, message, details}. In requests any field may be null (read as its default).
 
-What the protos cannot say comes from the method table (orders_client/methods.py: which RPCs
-answer 201, as the server's x-http-code metadata makes them), the server's validation limits,
-or is written here, once: which errors a route can give, the trailing slash the Django clients
-use, the bearer credential, and the newline-delimited stream of Seed. What
-Envoy adds to every path is derived like its routes (gateway/routes.py): HEAD beside each GET,
-OPTIONS with the path's `Allow`, and a 405 with `Allow` for any other method. The document's
-version is the project's (pyproject.toml).
+What the protos cannot say comes from where the server keeps it: which RPCs answer 201 (as the
+server's x-http-code metadata makes them) from the method table, orders_client/methods.py, and
+the bounds of each request field from the constants the server validates with. The rest is
+written here, once: which errors a route can give, the trailing slash the Django clients use,
+the bearer credential, and the newline-delimited stream of Seed. What Envoy adds to every path
+is derived like its routes (gateway/routes.py): HEAD beside each GET, OPTIONS with the path's
+`Allow`, and a 405 with `Allow` for any other method. The document's version is the
+project's (pyproject.toml).
 
     python scripts/openapi.py            # writes docs/openapi.yaml
     python scripts/openapi.py --check    # exit 1 when docs/openapi.yaml is stale
