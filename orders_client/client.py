@@ -3,6 +3,7 @@ pagers over every order and every customer, and the Seed stream as an iterator."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -16,6 +17,12 @@ from .channel import DEFAULT_RETRY, RetryPolicy, open_channel, resolve_target
 from .errors import OrdersError
 
 __all__ = ["Deadlines", "OrderFilters", "OrdersClient", "SeedStream", "StatusArg", "parse_status"]
+
+# Read-your-writes behind a read replica: a write's trailing metadata says where its commit
+# left the primary's WAL; a read that sends the furthest such position back is answered by a
+# replica only once it has replayed that far, else by the primary.
+LSN_TRAILER = "x-orders-lsn"
+MIN_LSN_HEADER = "x-orders-min-lsn"
 
 # An Order.Status value, its name in any case, or None for any status.
 StatusArg: TypeAlias = pb.Order.Status.ValueType | str | None
@@ -95,6 +102,10 @@ class OrdersClient:
         self._stub = pb_grpc.OrdersServiceStub(channel)
         self.deadlines = deadlines
         self.target = target
+        # The furthest commit position of this client's writes: its reads see every one.
+        self._lsn_lock = threading.Lock()
+        self._lsn: tuple[int, str] | None = None
+        self._read_metadata: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
     def connect(
@@ -128,16 +139,57 @@ class OrdersClient:
     ) -> None:
         self.close()
 
+    @property
+    def last_write_lsn(self) -> str | None:
+        """Where the primary's WAL stood after this client's furthest write (None: no write
+        answered with one, as without a read replica)."""
+        found = self._lsn
+        return None if found is None else found[1]
+
     def _call(
         self,
         method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
         request: _Request,
         timeout: float | None,
     ) -> _Response:
+        """A read: it carries this client's last write position, if any."""
         try:
-            return method(request, timeout=self.deadlines.unary if timeout is None else timeout)
+            return method(
+                request,
+                timeout=self.deadlines.unary if timeout is None else timeout,
+                metadata=self._read_metadata,
+            )
         except grpc.RpcError as err:
             raise OrdersError.from_rpc_error(err) from err
+
+    def _write(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        """A write: remembers the commit position it answers with."""
+        try:
+            response, call = method.with_call(
+                request, timeout=self.deadlines.unary if timeout is None else timeout
+            )
+        except grpc.RpcError as err:
+            raise OrdersError.from_rpc_error(err) from err
+        for key, value in call.trailing_metadata() or ():
+            if key == LSN_TRAILER:
+                self._saw_lsn(str(value))
+        return response
+
+    def _saw_lsn(self, text: str) -> None:
+        high, _, low = text.partition("/")
+        try:
+            position = (int(high, 16) << 32) + int(low, 16)
+        except ValueError:
+            return
+        with self._lsn_lock:
+            if self._lsn is None or position > self._lsn[0]:
+                self._lsn = (position, text)
+                self._read_metadata = ((MIN_LSN_HEADER, text),)
 
     # Customers.
 
@@ -145,7 +197,7 @@ class OrdersClient:
         self, email: str, name: str, *, timeout: float | None = None
     ) -> pb.Customer:
         request = pb.CreateCustomerRequest(email=email, name=name)
-        return self._call(self._stub.CreateCustomer, request, timeout)
+        return self._write(self._stub.CreateCustomer, request, timeout)
 
     def get_customer(self, customer_id: int, *, timeout: float | None = None) -> pb.Customer:
         return self._call(self._stub.GetCustomer, pb.GetCustomerRequest(id=customer_id), timeout)
@@ -172,7 +224,7 @@ class OrdersClient:
     ) -> pb.Order:
         """A DRAFT order; the server assigns the item ids and computes total_cents."""
         request = pb.CreateOrderRequest(customer_id=customer_id, items=list(items))
-        return self._call(self._stub.CreateOrder, request, timeout)
+        return self._write(self._stub.CreateOrder, request, timeout)
 
     def get_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:
         return self._call(self._stub.GetOrder, pb.GetOrderRequest(id=order_id), timeout)
@@ -212,16 +264,16 @@ class OrdersClient:
             yield from page.orders
 
     def pay_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:
-        return self._call(self._stub.PayOrder, pb.PayOrderRequest(id=order_id), timeout)
+        return self._write(self._stub.PayOrder, pb.PayOrderRequest(id=order_id), timeout)
 
     def ship_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:
-        return self._call(self._stub.ShipOrder, pb.ShipOrderRequest(id=order_id), timeout)
+        return self._write(self._stub.ShipOrder, pb.ShipOrderRequest(id=order_id), timeout)
 
     def cancel_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:
-        return self._call(self._stub.CancelOrder, pb.CancelOrderRequest(id=order_id), timeout)
+        return self._write(self._stub.CancelOrder, pb.CancelOrderRequest(id=order_id), timeout)
 
     def archive_order(self, order_id: int, *, timeout: float | None = None) -> pb.Order:
-        return self._call(self._stub.ArchiveOrder, pb.ArchiveOrderRequest(id=order_id), timeout)
+        return self._write(self._stub.ArchiveOrder, pb.ArchiveOrderRequest(id=order_id), timeout)
 
     def get_summary(self, limit: int = 0, *, timeout: float | None = None) -> pb.GetSummaryResponse:
         """Customers by the total of their PAID, non-archived orders; limit 0 -> 10."""

@@ -21,10 +21,16 @@ _LONGEST_SECONDS = (2**31 - 1) / 1000
 
 
 class Call:
-    __slots__ = ("ends", "request_id", "statements")
+    __slots__ = ("ends", "lsn", "min_lsn", "replica", "request_id", "statements")
 
     def __init__(self, request_id: str | None = None, seconds: float | None = None) -> None:
         self.request_id = request_id
+        # A read RPC may be answered by a read replica; a write, and all it reads, may not.
+        self.replica = False
+        # The WAL position the caller's last write reached (x-orders-min-lsn): a replica
+        # answers only once it has replayed that far.
+        self.min_lsn: int | None = None
+        self.lsn: str | None = None  # where a write's commit left the primary's WAL
         # time.monotonic() at the deadline; None: unbounded.
         self.ends = (
             None if seconds is None or seconds > _LONGEST_SECONDS else time.monotonic() + seconds

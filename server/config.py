@@ -42,6 +42,12 @@ class Settings:
     log_format: str
     metrics_host: str
     metrics_port: int
+    # A hot standby for the read RPCs (None: every read on the primary), the replication lag
+    # above which it is passed over, and how long a read waits for it to replay a client's
+    # last write before the primary answers instead.
+    read_database_url: str | None = None
+    max_replica_lag: float = 1.0
+    replica_wait: float = 0.1
 
     @property
     def socket_path(self) -> Path:
@@ -163,4 +169,7 @@ def load_settings() -> Settings:
         log_format=os.environ.get("ORDERS_LOG_FORMAT", "json").strip().lower(),
         metrics_host=os.environ.get("ORDERS_METRICS_HOST", "127.0.0.1"),
         metrics_port=_int("ORDERS_METRICS_PORT", 9464),
+        read_database_url=os.environ.get("ORDERS_READ_DATABASE_URL", "").strip() or None,
+        max_replica_lag=_int("ORDERS_MAX_REPLICA_LAG_MS", 1000) / 1000,
+        replica_wait=_int("ORDERS_REPLICA_WAIT_MS", 100) / 1000,
     )

@@ -29,6 +29,9 @@ __all__ = [
     "CALLS",
     "CALL_SECONDS",
     "DB_CONNECTIONS_IN_USE",
+    "DB_READS",
+    "REPLICA_FALLBACKS",
+    "REPLICA_LAG",
     "SEED_ROWS",
     "SEED_ROWS_PER_SECOND",
     "configure_logging",
@@ -49,6 +52,22 @@ SEED_ROWS_PER_SECOND = Gauge(
     "orders_seed_rows_per_second",
     "rows per second of the last seed that committed",
     multiprocess_mode="mostrecent",
+)
+DB_READS = Counter(
+    "orders_db_reads",
+    "reads of the read RPCs with a read replica configured, by the database that answered",
+    ["database"],
+)
+REPLICA_FALLBACKS = Counter(
+    "orders_replica_fallbacks",
+    "reads the primary answered instead of the replica, by reason: down, lag, lsn (not"
+    " replayed as far as the caller's last write in time), error (failed on the replica)",
+    ["reason"],
+)
+REPLICA_LAG = Gauge(
+    "orders_replica_lag_seconds",
+    "how far the read replica's replay is behind the primary, as last measured",
+    multiprocess_mode="livemax",
 )
 DB_CONNECTIONS_IN_USE = Gauge(
     "orders_db_connections_in_use",

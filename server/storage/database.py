@@ -7,9 +7,10 @@ import json
 import logging
 import re
 import sqlite3
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any, cast
 
 import psycopg
@@ -20,6 +21,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from .. import calls
 from ..domain.errors import DeadlineExceeded, Unavailable
+from ..observability import DB_READS
+from .replica import REPLAYED_SQL, Replica, parse_lsn
 
 __all__ = ["Database", "Rows", "Sql", "count_statement"]
 
@@ -153,13 +156,63 @@ class Rows:
         return list(values) if self._postgresql else json.dumps(list(values))
 
 
+class _ReplicaRows(Rows):
+    """Rows on the read replica. A statement that fails there for a reason of the replica's
+    (it stopped or restarted, or cancelled the statement for a conflict with recovery) runs
+    again on the primary, and so does the rest of the read: the caller sees no failure. The
+    primary is at least as far ahead as the replica, so a read that moves over mid-way sees
+    newer rows, as each statement of a READ COMMITTED read may."""
+
+    __slots__ = ("_open_primary", "_pooled", "_primary", "_replica", "_replica_database")
+
+    def __init__(
+        self,
+        rows: Rows,
+        pooled: PoolProxiedConnection,
+        replica_database: Database,
+        replica: Replica,
+        open_primary: Callable[[], Rows],
+    ) -> None:
+        super().__init__(rows._driver, rows._postgresql, rows._prepare)
+        self._pooled = pooled
+        self._replica_database = replica_database
+        self._replica = replica
+        self._open_primary = open_primary
+        self._primary: Rows | None = None
+
+    def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        if self._primary is None:
+            try:
+                return super().all(sql, params)
+            except psycopg.OperationalError as error:
+                if isinstance(error, psycopg.errors.QueryCanceled):
+                    raise  # the call's deadline: the primary would be no faster
+                self._replica_database._drop_if_gone(self._pooled, self._driver, error)
+                self._replica.failed(error)
+                self._replica.fallback("error")
+                self._primary = self._open_primary()
+        return self._primary.all(sql, params)
+
+
 class Database:
     """One engine per process; one connection per RPC, opened by `read()` or `write()`."""
 
-    def __init__(self, url: str, pool_size: int = 16, transaction_pooling: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 16,
+        transaction_pooling: bool = False,
+        *,
+        read_url: str | None = None,
+        max_replica_lag: float = 1.0,
+        replica_wait: float = 0.1,
+    ) -> None:
         """`transaction_pooling`: a pooler in transaction mode (PgBouncer) sits between this
         process and PostgreSQL, so a database connection keeps nothing from one transaction
-        to the next: no connection-level statement_timeout, no prepared statements."""
+        to the next: no connection-level statement_timeout, no prepared statements.
+
+        `read_url`: a hot standby of this PostgreSQL (replica.py) for the reads of the calls
+        that may use one (calls.Call.replica); writes, and what they read, stay here."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.is_postgresql = self.url.get_backend_name() == "postgresql"
@@ -192,9 +245,105 @@ class Database:
             _ping_when_idle(self.engine)
         event.listen(self.engine, "before_cursor_execute", _on_cursor_execute)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.replica: Replica | None = None
+        self.replica_database: Database | None = None
+        if read_url is not None:
+            if not self.is_postgresql:
+                raise ValueError("a read replica needs PostgreSQL as the primary")
+            self.replica_database = Database(read_url, pool_size, transaction_pooling)
+            if not self.replica_database.is_postgresql:
+                raise ValueError("the read replica must be PostgreSQL")
+            self.replica = Replica(
+                _conninfo(self.url),
+                _conninfo(self.replica_database.url),
+                max_lag=max_replica_lag,
+                wait=replica_wait,
+            )
+            self._reads_on = {name: DB_READS.labels(name) for name in ("primary", "replica")}
+            self.replica.start()
 
     @contextmanager
     def read(self) -> Iterator[Rows]:
+        """A read (see _read_here); on the read replica when the call may use one and the
+        replica is fit to answer it (replica.py), else here."""
+        call = calls.current()
+        if self.replica is None or call is None or not call.replica:
+            with self._read_here() as rows:
+                yield rows
+            return
+        with ExitStack() as stack:
+            routed = self._on_replica(stack, call.min_lsn)
+            if routed is None:
+                self._reads_on["primary"].inc()
+                routed = stack.enter_context(self._read_here())
+            yield routed
+
+    def _on_replica(self, stack: ExitStack, min_lsn: int | None) -> Rows | None:
+        """Rows on the replica, its connection left in `stack`; None when the primary must
+        answer (the reason counted)."""
+        replica, database = self.replica, self.replica_database
+        assert replica is not None and database is not None
+        reason = replica.refusal(min_lsn)
+        if reason is not None and reason != "lsn":
+            replica.fallback(reason)
+            return None
+        attempt = ExitStack()
+        try:
+            pooled, rows = attempt.enter_context(database._reading())
+            if reason == "lsn":
+                assert min_lsn is not None
+                try:
+                    caught_up = self._wait_replayed(pooled, min_lsn)
+                except BaseException:
+                    # Through the connection's own handling (a dead one is dropped).
+                    if not attempt.__exit__(*sys.exc_info()):
+                        raise
+                    raise AssertionError("unreachable") from None
+                if not caught_up:
+                    attempt.close()
+                    replica.fallback("lsn")
+                    return None
+        except Unavailable as error:
+            replica.failed(error)
+            replica.fallback("down")
+            return None
+        stack.enter_context(attempt)
+        self._reads_on["replica"].inc()
+        return _ReplicaRows(rows, pooled, database, replica, lambda: self._primary_instead(stack))
+
+    def _primary_instead(self, stack: ExitStack) -> Rows:
+        self._reads_on["primary"].inc()
+        return stack.enter_context(self._read_here())
+
+    def _wait_replayed(self, pooled: PoolProxiedConnection, min_lsn: int) -> bool:
+        """Whether the replica replays `min_lsn` within the replica's wait (and the call's
+        deadline), asked on the read's own connection."""
+        replica = self.replica
+        assert replica is not None
+        remaining = _remaining_seconds()
+        wait = replica.wait if remaining is None else min(replica.wait, remaining / 2)
+        give_up = time.monotonic() + wait
+        driver: Any = pooled.driver_connection
+        pause = 0.001
+        while True:
+            count_statement()
+            row = driver.execute(REPLAYED_SQL).fetchone()
+            replayed = parse_lsn(str(row[0]))
+            replica.saw_replayed(replayed)
+            if replayed >= min_lsn:
+                return True
+            if time.monotonic() + pause > give_up:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    @contextmanager
+    def _read_here(self) -> Iterator[Rows]:
+        with self._reading() as (_pooled, rows):
+            yield rows
+
+    @contextmanager
+    def _reading(self) -> Iterator[tuple[PoolProxiedConnection, Rows]]:
         """A read, on the driver's own connection (see Rows). On PostgreSQL the connection runs
         in autocommit: each statement sees its own snapshot, exactly as in a READ COMMITTED
         transaction, without the BEGIN and COMMIT round trips. On SQLite the statements share
@@ -213,18 +362,21 @@ class Database:
                 elif remaining is not None:
                     # A pooler in transaction mode: psycopg's implicit BEGIN comes first.
                     driver.execute(_SET_TRANSACTION_TIMEOUT, (_milliseconds(remaining),))
-                yield Rows(driver, self.is_postgresql, self._prepare)
+                yield pooled, Rows(driver, self.is_postgresql, self._prepare)
             except _DRIVER_ERRORS as error:
-                if self.engine.dialect.is_disconnect(cast(Any, error), driver, None):
-                    # As SQLAlchemy does on a disconnect: this connection is dropped, and so is
-                    # every other one the pool holds (they went away with the same server).
-                    pooled.invalidate(error)
-                    self.engine.dispose()
+                self._drop_if_gone(pooled, driver, error)
                 raise
             finally:
                 if self._session_state and pooled.is_valid and not driver.closed:
                     driver.autocommit = False  # as SQLAlchemy's sessions expect it
                 pooled.close()
+
+    def _drop_if_gone(self, pooled: PoolProxiedConnection, driver: Any, error: Exception) -> None:
+        if self.engine.dialect.is_disconnect(cast(Any, error), driver, None):
+            # As SQLAlchemy does on a disconnect: this connection is dropped, and so is every
+            # other one the pool holds (they went away with the same server).
+            pooled.invalidate(error)
+            self.engine.dispose()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -242,6 +394,24 @@ class Database:
                 _bound_transaction(session.connection(), remaining)
             yield session
             session.commit()
+        if self.replica is not None:
+            self._note_commit_position()
+
+    def _note_commit_position(self) -> None:
+        """Tells the caller where the primary's WAL stood once this write had committed (at
+        or past its commit record): with it, its next reads wait for a replica to get there.
+        A failure here costs the caller only that: the write has committed."""
+        call = calls.current()
+        if call is None:
+            return
+        try:
+            with self._read_here() as rows:
+                found = rows.first(_WAL_POSITION, {})
+        except (Unavailable, DeadlineExceeded) as error:
+            log.warning("commit position unknown: %s", error)
+            return
+        if found is not None:
+            call.lsn = str(found[0])
 
     def rows(self, session: Session) -> Rows:
         """The read path's statements inside a write's transaction (what it reads back)."""
@@ -274,7 +444,19 @@ class Database:
             ) from exc
 
     def dispose(self) -> None:
+        if self.replica is not None:
+            self.replica.stop()
+        if self.replica_database is not None:
+            self.replica_database.dispose()
         self.engine.dispose()
+
+
+_WAL_POSITION = Sql("SELECT pg_current_wal_lsn()::text")
+
+
+def _conninfo(url: Any) -> str:
+    """libpq's form of an SQLAlchemy URL (the monitor's own connections)."""
+    return str(url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
 _SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"

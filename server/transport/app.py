@@ -64,6 +64,9 @@ class OrdersServer:
             settings.database_url,
             pool_size=settings.grpc_workers,
             transaction_pooling=settings.transaction_pooling,
+            read_url=settings.read_database_url,
+            max_replica_lag=settings.max_replica_lag,
+            replica_wait=settings.replica_wait,
         )
         event.listen(self.database.engine, "checkout", lambda *_: DB_CONNECTIONS_IN_USE.inc())
         event.listen(self.database.engine, "checkin", lambda *_: DB_CONNECTIONS_IN_USE.dec())

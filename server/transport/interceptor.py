@@ -20,11 +20,24 @@ from .. import calls
 from ..domain.access import AccessPolicy, Right
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..observability import CALL_SECONDS, CALLS
+from ..storage.replica import parse_lsn
 from .status import to_grpc_status, to_status_proto
 
-__all__ = ["STATEMENTS_TRAILER", "CallInterceptor", "ShutdownGate", "metadata_value"]
+__all__ = [
+    "LSN_TRAILER",
+    "MIN_LSN_HEADER",
+    "STATEMENTS_TRAILER",
+    "CallInterceptor",
+    "ShutdownGate",
+    "metadata_value",
+]
 
 STATEMENTS_TRAILER = "orders-sql-statements"
+# Read-your-writes with a read replica: a write answers with where its commit left the
+# primary's WAL (trailing metadata, so that it leaves with the response); a read that sends it
+# back is answered by the replica only once the replica has replayed that far.
+LSN_TRAILER = "x-orders-lsn"
+MIN_LSN_HEADER = "x-orders-min-lsn"
 # Set by Envoy's router on every request it sends with a route timeout (REST routes: 60 s).
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 
@@ -45,7 +58,7 @@ def _code_set(context: grpc.ServicerContext) -> bool:
 
 def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
     """The call's state from its metadata, read in one pass, and its authorization header."""
-    request_id = expected_ms = authorization = None
+    request_id = expected_ms = authorization = min_lsn = None
     for name, value in context.invocation_metadata() or ():
         if name == "x-request-id":
             request_id = str(value)
@@ -53,8 +66,16 @@ def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
             expected_ms = str(value)
         elif name == "authorization" and authorization is None:
             authorization = str(value)
+        elif name == MIN_LSN_HEADER:
+            min_lsn = str(value)
     seconds = _time_allowed(context.time_remaining(), expected_ms)
-    return calls.Call(request_id, seconds), authorization
+    call = calls.Call(request_id, seconds)
+    if min_lsn is not None:
+        try:
+            call.min_lsn = parse_lsn(min_lsn)
+        except ValueError:
+            call.min_lsn = 1 << 64  # not a position: no replica can be known to be that far
+    return call, authorization
 
 
 def _time_allowed(remaining: float | None, expected_ms: str | None) -> float | None:
@@ -88,7 +109,10 @@ def _trailer(call: calls.Call) -> tuple[tuple[str, str], ...]:
 
 def _add_trailer(context: grpc.ServicerContext, call: calls.Call) -> None:
     """Adds to what the handler put in the trailing metadata (a create's x-http-code)."""
-    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + _trailer(call))
+    trailer = _trailer(call)
+    if call.lsn is not None:
+        trailer += ((LSN_TRAILER, call.lsn),)
+    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + trailer)
 
 
 def _is_abort(error: BaseException, context: grpc.ServicerContext) -> bool:
@@ -197,14 +221,20 @@ _Guard = Callable[[str | None], None]
 
 
 def _responder(
-    behavior: Callable[..., Iterator[Any]], method: str, guard: _Guard, record: _Recorder
+    behavior: Callable[..., Iterator[Any]],
+    method: str,
+    guard: _Guard,
+    record: _Recorder,
+    replica: bool = False,
 ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     """The call's responses inside its scope: its state set, its access checked, its error
-    mapped, and the call recorded when the last response has gone (or the call failed)."""
+    mapped, and the call recorded when the last response has gone (or the call failed).
+    `replica`: the call's reads may be answered by a read replica."""
 
     def respond(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         started = time.perf_counter()
         call, authorization = _begin(context)
+        call.replica = replica
         token = calls.begin(call)
         code = grpc.StatusCode.OK
         try:
@@ -225,12 +255,17 @@ def _responder(
 
 
 def _wrap_unary(
-    behavior: Callable[..., Any], method: str, admit: _Admit, guard: _Guard, record: _Recorder
+    behavior: Callable[..., Any],
+    method: str,
+    admit: _Admit,
+    guard: _Guard,
+    record: _Recorder,
+    replica: bool = False,
 ) -> Callable[..., Any]:
     def single(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         yield behavior(request, context)
 
-    respond = _responder(single, method, guard, record)
+    respond = _responder(single, method, guard, record, replica)
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         # First: a call refused at shutdown is neither logged nor counted in the metrics.
@@ -337,8 +372,12 @@ class CallInterceptor(grpc.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
+            # The unary reads may be answered by a read replica; writes, seeds and streams
+            # read the primary.
+            replica = self._rights.get(method) == Right.READ
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, admit, guard, self._record), **kwargs
+                _wrap_unary(handler.unary_unary, method, admit, guard, self._record, replica),
+                **kwargs,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
