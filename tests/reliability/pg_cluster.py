@@ -90,6 +90,28 @@ class ThrowawayCluster:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                   "-o", options, "start")  # fmt: skip
 
+    def standby(self) -> ThrowawayCluster:
+        """A streaming hot standby of this running cluster, not started: pg_basebackup copies
+        it and, with -R, writes standby.signal and the primary_conninfo to stream from."""
+        standby = ThrowawayCluster()
+        try:
+            standby._run(
+                "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast", "--no-sync",
+                timeout=120,
+            )  # fmt: skip
+        except BaseException:
+            standby.destroy()
+            raise
+        return standby
+
+    def execute(self, statement: str) -> object:
+        """One statement on the `postgres` database; the first value of its first row."""
+        conninfo = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(statement).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
     def stop(self, mode: str = "fast") -> None:
         """`immediate` is a crash (every backend quits at once); `fast` a clean shutdown."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
