@@ -43,9 +43,16 @@ _METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FILTER_CORS = "envoy.filters.http.cors"
 _CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 # The request headers a browser may send cross-origin besides the CORS-safelisted ones.
-CORS_ALLOWED_HEADERS = ("content-type", "authorization", "idempotency-key", "x-request-id")
-# Headers of a response a browser script may read besides the safelisted ones.
-CORS_EXPOSED_HEADERS = ("x-request-id", "allow")
+CORS_ALLOWED_HEADERS = (
+    "content-type",
+    "authorization",
+    "idempotency-key",
+    "x-request-id",
+    "x-orders-min-lsn",
+)
+# Headers of a response a browser script may read besides the safelisted ones (a write's
+# commit position included, for its next reads to send back).
+CORS_EXPOSED_HEADERS = ("x-request-id", "allow", "x-orders-lsn")
 # How long a browser may reuse a preflight answer: short enough that a changed origin list
 # is seen within minutes.
 CORS_MAX_AGE_SECONDS = 600

@@ -30,7 +30,13 @@ GRPC_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding", "grpc-enc
 VOLATILE = {"date", "x-envoy-upstream-service-time"}
 ORIGIN, OTHER_ORIGIN = "http://localhost:3000", "https://app.example.com"
 STRANGER = "https://evil.example.com"
-CORS_REQUEST_HEADERS = {"content-type", "authorization", "idempotency-key", "x-request-id"}
+CORS_REQUEST_HEADERS = {
+    "content-type",
+    "authorization",
+    "idempotency-key",
+    "x-request-id",
+    "x-orders-min-lsn",
+}
 
 
 def http_rules() -> dict[str, set[str]]:
