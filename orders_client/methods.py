@@ -82,4 +82,8 @@ METHODS = _table(
     # A seed is all or nothing, and gRPC retries a streaming call only until its first response
     # arrives (it commits to the attempt then): a retried seed never repeats rows.
     Method("Seed", Access.ADMIN, retryable=True),
+    # A watch is resumed by its caller, not resent by the channel: it ends UNAVAILABLE when the
+    # server stops, long after gRPC committed to the attempt (at its first event), and must go
+    # on from the last cursor the caller handled (`after`), which only the caller knows.
+    Method("WatchOrders", Access.READ, retryable=False),
 )
