@@ -72,11 +72,15 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # The content type of a server-streaming answer (envoy.yaml's seed route sets it).
 STREAM_MEDIA_TYPE = "application/x-ndjson"
 STREAM_NOTE = (
-    "The body is newline-delimited JSON (application/x-ndjson): one SeedResponse object a"
-    " line, sent as it happens. The outcome is in the last line, the one with"
-    ' `"done": true`: `PHASE_DONE`, or `PHASE_FAILED` with an `error`. A stream that ends'
-    " without such a line was cut, and the seed rolled back."
+    "The body is newline-delimited JSON (application/x-ndjson): one {message} object a"
+    " line, sent as it happens."
 )
+# What a stream's lines mean beyond that, for the streams that say more than their messages.
+STREAM_OUTCOMES = {
+    "Seed": " The outcome is in the last line, the one with"
+    ' `"done": true`: `PHASE_DONE`, or `PHASE_FAILED` with an `error`. A stream that ends'
+    " without such a line was cut, and the seed rolled back.",
+}
 ERRORS = {
     "400": "INVALID_ARGUMENT (a bad field, unknown enum or query parameter, malformed JSON,"
     " path and body disagreeing) or FAILED_PRECONDITION (a transition the status does not"
@@ -500,7 +504,8 @@ class Generator:
         out = self.ref(method.output_type, "out")
         content_doc = "The created resource." if entry.creates else "Success."
         if method.server_streaming:
-            content_doc = STREAM_NOTE
+            message = self._short(method.output_type)
+            content_doc = STREAM_NOTE.format(message=message) + STREAM_OUTCOMES.get(method.name, "")
         media_type = STREAM_MEDIA_TYPE if method.server_streaming else "application/json"
         responses: dict[str, Any] = {
             success: {
