@@ -19,6 +19,8 @@ Phases, in order:
    Health/Check and through Envoy, ListOrders against a psycopg + protobuf floor
    (bench/overhead.py);
 6. memory: the server's RSS over a mixed load after a warm-up;
+6b. the read replica: reads over a primary and its streaming standby vs the primary alone with
+   writes running, and the cost of read-your-writes' position check (bench/replica.py);
 7. with --django PATH, the same workloads over REST beside the Django service this one
    replaces (bench/django.py); without it, those rows say n/a.
 """
@@ -56,6 +58,7 @@ from .floor import SUMMARY_AGGREGATE, SUMMARY_ROLLUP, FloorReader, FloorSeeder, 
 from .load import LoadResult, planned_start, run_load
 from .overhead import Overhead
 from .peer import check_peer
+from .replica import ReplicaPhase
 from .report import Row, Table, fmt_mb, fmt_ms, fmt_ratio, verdict
 from .stack import (
     DEFAULT_ADMIN_URL,
@@ -187,6 +190,7 @@ class Bench:
         self.channels: list[grpc.Channel] = []
         self.facts: dict[str, Any] = {}
         self.django = DjangoPhase(django, size_name, self.dbs, log_dir, install, chart)
+        self.replica = ReplicaPhase(size_name, log_dir)
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -200,6 +204,7 @@ class Bench:
         if self.size.fills:
             phases += [("fill", self.fill), ("settle again", self.settle)]
         phases += [("latencies", self.latencies), ("memory", self.memory)]
+        phases.append(("read replica", lambda: self.replica.run(self.table)))
         phases.append(("vs Django", lambda: self.django.run(self.table)))
         timings = self.facts["phase_seconds"] = {}
         for name, phase in phases:
@@ -210,6 +215,11 @@ class Bench:
 
     def close(self) -> None:
         self.facts["django"] = self.django.figures
+        self.facts["read_replica"] = self.replica.figures
+        try:
+            self.replica.close()
+        except Exception as exc:  # the rest must still be stopped and dropped
+            say(f"cleanup of the read replica phase: {exc}")
         try:
             self.django.close()
         except Exception as exc:  # the rest must still be stopped and dropped

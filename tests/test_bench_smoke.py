@@ -36,6 +36,8 @@ ROWS = (
     "GetCustomer through Envoy (native gRPC) p50",
     "GetCustomer through Envoy (REST, one kept-alive HTTP/1.1 connection) p50",
     "server RSS over",
+    "read replica: reads/s with writes running",
+    "read replica: GetOrder, right after its write, with its position",
 )
 # Without --django PATH the comparison with the Django service does not run: its rows say n/a.
 DJANGO_ROWS = (
