@@ -7,7 +7,11 @@ project's Envoy as scripts/run does; Django's through its seed.py. Then, through
 - latencies with a new TCP connection for each request, for both (gunicorn's sync workers
   close every connection), from one light client (bench/rest.py), the cases of both services
   interleaved in rounds (bench/stats.py), every answer checked after the clock stops;
-- `wrk -t2 -c16` on the summary and the paid list, both services alternated.
+- `wrk -t2 -c16` on the summary and the paid list, both services alternated;
+- beside both, the floor of this architecture: the same requests through the same Envoy
+  configuration in front of bench/bare.py, a grpcio server that sends our server's answers,
+  captured once, and does nothing else. Django's figure over the floor's is the largest ratio
+  any Python gRPC server behind Envoy could reach here.
 django-down.sh runs at the end whatever happens.
 """
 
@@ -23,6 +27,7 @@ from typing import Any
 import psycopg
 
 from . import stack
+from .bare import BareServer, capture
 from .peer import DjangoPeer
 from .report import Row, Table, fmt_mb, fmt_ms, fmt_ratio, verdict
 from .rest import Fresh
@@ -110,6 +115,8 @@ class DjangoPhase:
         self.chart = chart
         self.server: Server | None = None
         self.gateway: Gateway | None = None
+        self.bare: BareServer | None = None
+        self.bare_gateway: Gateway | None = None
         self.url: str | None = None
         self.figures: dict[str, Any] = {}
         self.queries: dict[str, set[str]] = {}  # Django's X-DB-Queries, by case
@@ -137,9 +144,13 @@ class DjangoPhase:
     def close(self) -> None:
         if self.peer is not None:
             self.peer.down()
-        if self.gateway is not None:
-            self.gateway.stop()
-            self.gateway = None
+        for gateway in (self.gateway, self.bare_gateway):
+            if gateway is not None:
+                gateway.stop()
+        self.gateway = self.bare_gateway = None
+        if self.bare is not None:
+            self.bare.stop()
+            self.bare = None
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -166,6 +177,12 @@ class DjangoPhase:
             ).fetchone()
         self.figures["our_seed_seconds"] = round(time.perf_counter() - started, 1)
         self.our_broad = f"{row[0] if row else '?'} of {len(self.our_ids)}"
+        folder = self.log_dir / "bare"
+        capture(self.server.address, folder, self.our_ids[0], OUR_BROAD)
+        with (self.log_dir / "bare.log").open("ab") as log:
+            self.bare = BareServer(folder, log)
+        self.bare_gateway = Gateway(None, self.log_dir / "envoy-bare.log", (self.bare.socket,))
+        self.bare_gateway.start()
 
     def _django(self) -> None:
         assert self.peer is not None
@@ -214,11 +231,12 @@ class DjangoPhase:
 
         return Case(name, call, check=check)
 
-    def _latencies(self) -> dict[str, tuple[Case, Case]]:
-        assert self.gateway is not None and self.peer is not None
+    def _latencies(self) -> dict[str, tuple[Case, Case, Case]]:
+        """(ours, Django's, the floor's) case of each workload."""
+        assert self.gateway and self.bare_gateway and self.peer
         b = self.budget
         rng = random.Random(11)
-        cases: dict[str, tuple[Case, Case]] = {}
+        cases: dict[str, tuple[Case, Case, Case]] = {}
         for w in LATENCY:
             ours = self._case(
                 f"ours {w.key}", self.gateway.http_port, w.ours, self.our_ids, w.orders, rng
@@ -226,25 +244,29 @@ class DjangoPhase:
             django = self._case(
                 f"django {w.key}", self.peer.port, w.django, self.django_ids, w.orders, rng
             )
-            cases[w.key] = (ours, django)
-        for ours, django in cases.values():  # one answer of each, checked, before measuring
-            for case in (ours, django):
+            floor = self._case(
+                f"floor {w.key}", self.bare_gateway.http_port, w.ours, self.our_ids, w.orders, rng
+            )
+            cases[w.key] = (ours, django, floor)
+        for trio in cases.values():  # one answer of each, checked, before measuring
+            for case in trio:
                 if case.once() is None:
                     raise RuntimeError(f"{case.name}: {case.last_error}")
         say(
-            f"vs Django: REST latencies, {len(cases) * 2} cases interleaved,"
+            f"vs Django: REST latencies, {len(cases) * 3} cases interleaved,"
             f" {b.seconds_per_case:.0f} s each"
         )
         run_interleaved(
-            [c for pair in cases.values() for c in pair],
+            [c for trio in cases.values() for c in trio],
             seconds_per_case=b.seconds_per_case,
             rounds=b.rounds,
             max_calls_per_case=3000,
         )
         return cases
 
-    def _wrk(self) -> dict[str, tuple[list[Any], list[Any]]]:
-        assert self.gateway is not None and self.peer is not None
+    def _wrk(self) -> dict[str, tuple[list[Any], list[Any], list[Any]]]:
+        """(ours, Django's, the floor's) wrk runs of each workload, alternated."""
+        assert self.gateway and self.bare_gateway and self.peer
         wrk = stack.ensure_wrk(self.install)
         if not wrk:
             return {}
@@ -253,18 +275,19 @@ class DjangoPhase:
             w.key: (
                 f"http://127.0.0.1:{self.gateway.http_port}{w.ours}",
                 f"http://{self.peer.host}:{self.peer.port}{w.django}",
+                f"http://127.0.0.1:{self.bare_gateway.http_port}{w.ours}",
             )
             for w, _ in WRK
         }
         say(
-            f"vs Django: wrk -t2 -c16, {len(targets) * 2} x {b.wrk_rounds} runs"
+            f"vs Django: wrk -t2 -c16, {len(targets) * 3} x {b.wrk_rounds} runs"
             f" of {b.wrk_seconds} s"
         )
-        runs: dict[str, tuple[list[Any], list[Any]]] = {k: ([], []) for k in targets}
-        for ours_url, django_url in targets.values():
-            stack.run_wrk(wrk, ours_url, 2, 16, 1)  # warm-up
-            stack.run_wrk(wrk, django_url, 2, 16, 1)
-        order = [(k, side) for k in targets for side in (0, 1)]
+        runs: dict[str, tuple[list[Any], list[Any], list[Any]]] = {k: ([], [], []) for k in targets}
+        for urls in targets.values():
+            for url in urls:
+                stack.run_wrk(wrk, url, 2, 16, 1)  # warm-up
+        order = [(k, side) for k in targets for side in (0, 1, 2)]
         for r in range(b.wrk_rounds):
             for key, side in order if r % 2 == 0 else list(reversed(order)):
                 runs[key][side].append(stack.run_wrk(wrk, targets[key][side], 2, 16, b.wrk_seconds))
@@ -273,7 +296,7 @@ class DjangoPhase:
     def _rows(
         self,
         table: Table,
-        measured: tuple[dict[str, tuple[Case, Case]], dict[str, Any]] | None,
+        measured: tuple[dict[str, tuple[Case, Case, Case]], dict[str, Any]] | None,
         why: str,
     ) -> None:
         rss = self.figures.get("server_rss")
@@ -288,7 +311,7 @@ class DjangoPhase:
                 )
                 continue
             cases = measured[0]
-            ours, django = cases[w.key]
+            ours, django, floor = cases[w.key]
             ratio = django.p50_ms / ours.p50_ms if ours.n and django.n else float("nan")
             errors = "".join(
                 f"; {c.name}: {c.errors} errors ({c.last_error})"
@@ -331,6 +354,26 @@ class DjangoPhase:
                     + errors,
                 )
             )
+            reach = django.p50_ms / floor.p50_ms if floor.n and django.n else float("nan")
+            table.add(
+                Row(
+                    f"REST floor: {w.title}, a grpcio server sending a ready answer behind this"
+                    " Envoy, a new connection a request",
+                    fmt_ms(floor.p50_ms),
+                    f"Django: {fmt_ms(django.p50_ms)}",
+                    fmt_ratio(reach),
+                    "",
+                    f"{fmt_ms(floor.p50_ms)} / {fmt_ms(floor.p99_ms)}",
+                    target=f"{w.target:g}x Django needs <= {fmt_ms(django.p50_ms / w.target)}",
+                    note=f"the answers of our server, captured once, sent by a grpcio server with"
+                    f" no interceptor and no database (bench/bare.py), through the same Envoy"
+                    f" configuration: Django p50 / this p50 ({reach:.2f}x) is the largest ratio"
+                    f" any Python gRPC server behind Envoy can reach here; ours is"
+                    f" {ours.p50_ms - floor.p50_ms:+.2f} ms above it; {floor.n} calls, each"
+                    " answer checked"
+                    + (f"; {floor.errors} errors ({floor.last_error})" if floor.errors else ""),
+                )
+            )
         for w, goal in WRK:
             title = f"REST vs Django: {w.title}, wrk -t2 -c16"
             target = f">= {goal:g}x Django's req/s"
@@ -344,7 +387,7 @@ class DjangoPhase:
                     Row(title, "n/a", "Django: n/a", "n/a", target=target, verdict="n/a", note=note)
                 )
                 continue
-            ours_runs, django_runs = runs
+            ours_runs, django_runs, floor_runs = runs
             ours_rps = sum(r.requests_per_second for r in ours_runs) / len(ours_runs)
             django_rps = sum(r.requests_per_second for r in django_runs) / len(django_runs)
             failed = sum(r.errors for r in ours_runs), sum(r.errors for r in django_runs)
@@ -368,6 +411,25 @@ class DjangoPhase:
                     f" {fmt_ms(statistics.median(r.p50_ms for r in django_runs))} /"
                     f" {fmt_ms(max(r.p99_ms for r in django_runs))}; errors: ours {failed[0]},"
                     f" Django {failed[1]}",
+                )
+            )
+            floor_rps = sum(r.requests_per_second for r in floor_runs) / len(floor_runs)
+            reach = floor_rps / django_rps if django_rps else float("nan")
+            table.add(
+                Row(
+                    f"REST floor: {w.title}, wrk -t2 -c16, a grpcio server sending a ready answer"
+                    " behind this Envoy",
+                    f"{floor_rps:,.0f} req/s",
+                    f"Django: {django_rps:,.0f} req/s",
+                    fmt_ratio(reach),
+                    "",
+                    f"{fmt_ms(statistics.median(r.p50_ms for r in floor_runs))} /"
+                    f" {fmt_ms(max(r.p99_ms for r in floor_runs))}",
+                    target=f"{goal:g}x Django needs >= {goal * django_rps:,.0f} req/s",
+                    note=f"alternated with the two above; floor / Django ({reach:.2f}x) is the"
+                    " largest ratio any Python gRPC server behind Envoy can reach here; ours is"
+                    f" {ours_rps / floor_rps:.0%} of it; errors:"
+                    f" {sum(r.errors for r in floor_runs)}",
                 )
             )
         if measured is not None:

@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1. Every wait is bounded in time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -402,31 +403,30 @@ def seed_through_rpc(address: str, customers: int, orders: int, items: int) -> N
 
 
 class Gateway:
-    """The project's own Envoy configuration in front of one server, on free ports: balancing
-    over the server's processes the way scripts/run does, when the gateway knows how."""
+    """The project's own Envoy configuration on free ports, in front of one server and
+    balancing over its processes the way scripts/run does, or in front of `sockets`."""
 
-    def __init__(self, server: Server, log_path: Path) -> None:
-        from gateway import Envoy, GatewayConfig
-
-        self._envoy_cls = Envoy
-        self._config_cls = GatewayConfig
+    def __init__(
+        self, server: Server | None, log_path: Path, sockets: tuple[str, ...] = ()
+    ) -> None:
         self.server = server
-        self.upstream_port = server.port
+        self.sockets = sockets
         self.log_path = log_path
         self.envoy: Any = None
-        self.upstreams = "host:port"
 
     def start(self) -> None:
+        from gateway import Envoy, GatewayConfig
+
         last: Exception | None = None
         for _ in range(3):
-            config = self._config_cls(
-                http_port=free_port(), admin_port=free_port(), upstream_port=self.upstream_port
-            )
-            if hasattr(config, "with_server_processes"):
-                config = config.with_server_processes(self.server.env())
-                sockets = getattr(config, "upstream_sockets", ())
-                self.upstreams = f"{len(sockets)} Unix sockets" if sockets else "host:port"
-            envoy = self._envoy_cls(
+            config = GatewayConfig(http_port=free_port(), admin_port=free_port())
+            if self.server is not None:
+                config = dataclasses.replace(
+                    config, upstream_port=self.server.port
+                ).with_server_processes(self.server.env())
+            else:
+                config = dataclasses.replace(config, upstream_sockets=self.sockets)
+            envoy = Envoy(
                 config, log_path=self.log_path, log_level="warning", preexec_fn=die_with_parent
             )
             envoy.start()
@@ -442,6 +442,11 @@ class Gateway:
     @property
     def http_port(self) -> int:
         return int(self.envoy.config.http_port)
+
+    @property
+    def upstreams(self) -> str:
+        sockets = self.envoy.config.upstream_sockets if self.envoy is not None else ()
+        return f"{len(sockets)} Unix sockets" if sockets else "host:port"
 
     @property
     def pid(self) -> int | None:
