@@ -25,11 +25,14 @@ import psycopg
 
 from ..observability import REPLICA_FALLBACKS, REPLICA_LAG
 
-__all__ = ["MONITOR_INTERVAL", "Replica", "format_lsn", "parse_lsn"]
+__all__ = ["MONITOR_INTERVAL", "UNKNOWN_POSITION", "Replica", "format_lsn", "parse_lsn"]
 
 log = logging.getLogger("orders.replica")
 
 MONITOR_INTERVAL = 0.25
+# What a position the caller sent but nobody could read stands for: beyond any replica, so
+# the primary answers at once.
+UNKNOWN_POSITION = 1 << 64
 # A probe gives up quickly: a replica that does not answer within this is down for reads.
 _PROBE_TIMEOUT_SECONDS = 1
 _SAMPLES = 4096  # the primary's positions kept (minutes at MONITOR_INTERVAL)
@@ -120,6 +123,10 @@ class Replica:
         if min_lsn is not None and min_lsn > self.replayed:
             return "lsn"
         return None
+
+    def may_reach(self, min_lsn: int) -> bool:
+        """Whether waiting for the replica to replay `min_lsn` can end well."""
+        return min_lsn < UNKNOWN_POSITION
 
     def saw_replayed(self, lsn: int) -> None:
         if lsn > self.replayed:

@@ -163,6 +163,10 @@ def test_reads_land_on_the_standby_and_a_position_reads_past_it(
         )
         assert found.id == order.id
         assert _reads(port)["lsn"] >= 1
+        # A position nobody can read: the primary answers, at once.
+        started = time.monotonic()
+        garbled = stub.GetOrder(pb.GetOrderRequest(id=order.id), metadata=[(MIN_LSN_HEADER, "x")])
+        assert garbled.id == order.id and time.monotonic() - started < 5
     finally:
         standby.execute("SELECT pg_wal_replay_resume()")
     # Once replayed, the standby answers it with the position too.
