@@ -49,6 +49,14 @@ class Settings:
     max_replica_lag: float = 1.0
     replica_wait: float = 0.1
 
+    # Order events (WatchOrders): how often a server looks for new ones where no NOTIFY wakes
+    # it, how long an idle stream waits before a heartbeat, how long events are kept, and
+    # how many streams one process serves (each holds a thread of its own).
+    event_poll_seconds: float = 0.1
+    event_heartbeat_seconds: float = 5.0
+    event_retention_seconds: float = 7 * 86400.0
+    max_watchers: int = 64
+
     @property
     def socket_path(self) -> Path:
         """This process's Unix socket."""
@@ -80,6 +88,24 @@ def _seconds(name: str, default: float, env: Mapping[str, str] = os.environ) -> 
         raise SystemExit(f"{name} must be a number of seconds, got {raw!r}") from None
     if not 0 <= value < float("inf"):
         raise SystemExit(f"{name} must be 0 or more seconds, got {raw!r}")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    """Seconds, or a number with a unit: 45s, 30m, 12h, 7d."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    unit = _UNITS.get(raw[-1])
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"{name} must be a positive duration (45s, 30m, 12h, 7d), got {raw!r}")
     return value
 
 
@@ -169,6 +195,10 @@ def load_settings() -> Settings:
         log_format=os.environ.get("ORDERS_LOG_FORMAT", "json").strip().lower(),
         metrics_host=os.environ.get("ORDERS_METRICS_HOST", "127.0.0.1"),
         metrics_port=_int("ORDERS_METRICS_PORT", 9464),
+        event_poll_seconds=max(0.01, _seconds("ORDERS_EVENT_POLL_SECONDS", 0.1)),
+        event_heartbeat_seconds=max(0.05, _seconds("ORDERS_EVENT_HEARTBEAT_SECONDS", 5.0)),
+        event_retention_seconds=_duration("ORDERS_EVENT_RETENTION", 7 * 86400.0),
+        max_watchers=max(0, _int("ORDERS_MAX_WATCHERS", 64)),
         read_database_url=os.environ.get("ORDERS_READ_DATABASE_URL", "").strip() or None,
         max_replica_lag=_int("ORDERS_MAX_REPLICA_LAG_MS", 1000) / 1000,
         replica_wait=_int("ORDERS_REPLICA_WAIT_MS", 100) / 1000,

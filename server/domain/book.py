@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+from ..storage import events as outbox
 from ..storage import repository as repo
 from ..storage.database import Database
 from .errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
@@ -134,6 +135,7 @@ class OrderBook:
                 now = self._clock()
                 order = repo.insert_order(session, customer, items, order_total(items), now)
                 _record_key(session, idempotency, order.id, now)
+                outbox.insert_event(session, "CREATED", order, now)
                 return order
 
         return self._once(idempotency, create, self.get_order)
@@ -219,11 +221,14 @@ class OrderBook:
             if state is None:
                 raise _order_not_found(order_id)
             target = next_status(action, state.status, state.is_archived)
+            now = self._clock()
             if target is not None:
-                repo.update_order(session, order_id, self._clock(), status=target)
+                repo.update_order(session, order_id, now, status=target)
                 self._move_rollup(session, state, target, state.is_archived)
             order = repo.get_order(self._db.rows(session), order_id)
-        assert order is not None
+            assert order is not None
+            if target is not None:  # a repeat that changed nothing is no event
+                outbox.insert_event(session, target.value, order, now)
         return order
 
     def archive_order(self, order_id: int) -> Order:
@@ -232,11 +237,14 @@ class OrderBook:
             state = repo.lock_order(session, order_id)
             if state is None:
                 raise _order_not_found(order_id)
+            now = self._clock()
             if not state.is_archived:
-                repo.update_order(session, order_id, self._clock(), is_archived=True)
+                repo.update_order(session, order_id, now, is_archived=True)
                 self._move_rollup(session, state, state.status, True)
             order = repo.get_order(self._db.rows(session), order_id)
-        assert order is not None
+            assert order is not None
+            if not state.is_archived:
+                outbox.insert_event(session, "ARCHIVED", order, now)
         return order
 
     @staticmethod

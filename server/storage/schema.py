@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["STATUSES", "Base", "CustomerRow", "CustomerTotalRow", "OrderItemRow", "OrderRow"]
+__all__ = [
+    "STATUSES",
+    "Base",
+    "CustomerRow",
+    "CustomerTotalRow",
+    "OrderEventRow",
+    "OrderEventsPrunedRow",
+    "OrderItemRow",
+    "OrderRow",
+]
 
 STATUSES = ("DRAFT", "PAID", "SHIPPED", "CANCELLED")
 
@@ -87,3 +96,27 @@ class IdempotencyKeyRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OrderEventRow(Base):
+    """The outbox: one row per change of an order, written in the change's transaction
+    (storage/events.py; the ordering of positions is migration 0005's)."""
+
+    __tablename__ = "order_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    position: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    customer_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload: Mapped[str] = mapped_column(Text)  # the order after the change, as JSON
+
+
+class OrderEventsPrunedRow(Base):
+    """One row: the last position retention deleted (0: none yet)."""
+
+    __tablename__ = "order_events_pruned"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    through: Mapped[int] = mapped_column(BigInteger)

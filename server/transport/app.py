@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from concurrent import futures
+from datetime import timedelta
 from types import FrameType
 
 import grpc
@@ -22,6 +23,7 @@ from orders_client.methods import METHODS
 from ..config import Settings
 from ..domain.access import AccessPolicy, Right, parse_api_tokens
 from ..domain.book import OrderBook
+from ..domain.events import EventHub
 from ..observability import DB_CONNECTIONS_IN_USE, serve_metrics
 from ..storage.database import Database
 from .interceptor import CallInterceptor, ShutdownGate
@@ -75,10 +77,21 @@ class OrdersServer:
             seed_max_rows=settings.seed_max_rows,
             max_concurrent_seeds=settings.max_concurrent_seeds,
         )
+        self.events = EventHub(
+            self.database,
+            poll_seconds=settings.event_poll_seconds,
+            heartbeat_seconds=settings.event_heartbeat_seconds,
+            retention=timedelta(seconds=settings.event_retention_seconds),
+            max_watchers=settings.max_watchers,
+            listen=not settings.transaction_pooling,
+        )
         self.health = health.HealthServicer()
         self.gate = ShutdownGate()
+        # A watch holds its thread for as long as it streams: the watchers get threads of
+        # their own on top of the workers, so that they never starve the other calls.
+        threads = settings.grpc_workers + settings.max_watchers
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
             # One interceptor: the gate, then access, logging and metrics, in a single wrap of
             # the handler per call. A call the gate refuses at shutdown never reaches the rest.
             interceptors=[CallInterceptor(_access_policy(settings), RIGHTS, self.gate)],
@@ -91,7 +104,9 @@ class OrdersServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server(OrdersServicer(book), self.server)
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server(
+            OrdersServicer(book, self.events), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -112,6 +127,7 @@ class OrdersServer:
         if self.settings.worker_index < 0:  # a supervisor serves its workers' metrics
             serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         self.server.start()
+        self.events.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -138,6 +154,9 @@ class OrdersServer:
             log.info("NOT_SERVING; serving on for %.1f s while balancers notice", drain)
             time.sleep(drain)
         self.gate.close()
+        # Watches never end by themselves: ended now, UNAVAILABLE, their clients resume from
+        # their last cursor on another replica (or this one, restarted).
+        self.events.close()
         grace = self.settings.shutdown_grace
         if self.gate.wait_idle(grace):
             # Every call of the service is over. grpcio's own stop would now cancel a call that

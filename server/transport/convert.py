@@ -9,11 +9,13 @@ from orders.v1 import orders_pb2 as pb
 from ..domain.records import Customer, NewItem, Order, OrderFilter, Page, Status, SummaryRow
 from ..domain.seeding import Phase, Progress
 from ..domain.validation import Violations
+from ..storage.events import EventRow
 from .status import to_status_proto
 
 __all__ = [
     "customer_message",
     "customers_page",
+    "event_message",
     "new_items",
     "order_filter",
     "order_message",
@@ -156,3 +158,25 @@ def order_filter(request: pb.ListOrdersRequest, violations: Violations) -> Order
         customer_id=request.customer_id or None,
         include_archived=request.include_archived,
     )
+
+
+_EVENT_TYPES: dict[str, pb.OrderEvent.Type.ValueType] = {
+    "CREATED": pb.OrderEvent.CREATED,
+    "PAID": pb.OrderEvent.PAID,
+    "SHIPPED": pb.OrderEvent.SHIPPED,
+    "CANCELLED": pb.OrderEvent.CANCELLED,
+    "ARCHIVED": pb.OrderEvent.ARCHIVED,
+}
+
+
+def event_message(event: EventRow | None, cursor: str) -> pb.OrderEvent:
+    """An outbox event, or a heartbeat (None) stamped with the time it is sent."""
+    message = pb.OrderEvent(cursor=cursor)
+    if event is None:
+        message.type = pb.OrderEvent.HEARTBEAT
+        message.time.GetCurrentTime()
+        return message
+    message.type = _EVENT_TYPES[event.type]
+    _fill_order(message.order, event.order)
+    _set_time(message.time, event.time_us)
+    return message

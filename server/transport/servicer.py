@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -13,6 +14,7 @@ from orders_client.methods import METHODS
 
 from .. import calls
 from ..domain.book import OrderBook
+from ..domain.events import EventHub
 from ..domain.lifecycle import Action
 from ..domain.records import IdempotencyKey
 from ..domain.seeding import Phase, Progress
@@ -64,8 +66,9 @@ def _request_id() -> str | None:
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
-    def __init__(self, book: OrderBook) -> None:
+    def __init__(self, book: OrderBook, events: EventHub) -> None:
         self._book = book
+        self._events = events
 
     def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: grpc.ServicerContext
@@ -150,3 +153,16 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
                     raise progress.error
         finally:
             run.cancel()
+
+    def WatchOrders(
+        self, request: pb.WatchOrdersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.OrderEvent]:
+        cancelled = threading.Event()
+
+        def gone() -> None:  # the client went away: free its thread now, not at the next beat
+            cancelled.set()
+            self._events.notify()
+
+        context.add_callback(gone)
+        for event, cursor in self._events.watch(request.customer_id, request.after, cancelled):
+            yield convert.event_message(event, cursor)

@@ -676,3 +676,97 @@ class SeedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SeedResponse: _TypeAlias = SeedResponse  # noqa: Y015
+
+@_typing.final
+class WatchOrdersRequest(_message.Message):
+    """Request of WatchOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    after: _builtins.str
+    """The cursor of the last event the caller handled (an event's or a
+    heartbeat's); empty for only the events committed from now on. A cursor
+    is bound to the customer_id it was issued with, and expires with the
+    oldest kept event (ORDERS_EVENT_RETENTION): then start again without it.
+    """
+    customer_id: _builtins.int
+    """Only this customer's orders; 0 for all."""
+    def __init__(
+        self,
+        *,
+        after: _builtins.str = ...,
+        customer_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrdersRequest: _TypeAlias = WatchOrdersRequest  # noqa: Y015
+
+@_typing.final
+class OrderEvent(_message.Message):
+    """One change of an order, or a heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[OrderEvent._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNSPECIFIED: OrderEvent._Type.ValueType  # 0
+        CREATED: OrderEvent._Type.ValueType  # 1
+        PAID: OrderEvent._Type.ValueType  # 2
+        SHIPPED: OrderEvent._Type.ValueType  # 3
+        CANCELLED: OrderEvent._Type.ValueType  # 4
+        ARCHIVED: OrderEvent._Type.ValueType  # 5
+        HEARTBEAT: OrderEvent._Type.ValueType  # 6
+        """Nothing happened for a while: `cursor` is where the stream stands."""
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper):
+        """What happened."""
+
+    TYPE_UNSPECIFIED: OrderEvent.Type.ValueType  # 0
+    CREATED: OrderEvent.Type.ValueType  # 1
+    PAID: OrderEvent.Type.ValueType  # 2
+    SHIPPED: OrderEvent.Type.ValueType  # 3
+    CANCELLED: OrderEvent.Type.ValueType  # 4
+    ARCHIVED: OrderEvent.Type.ValueType  # 5
+    HEARTBEAT: OrderEvent.Type.ValueType  # 6
+    """Nothing happened for a while: `cursor` is where the stream stands."""
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Where the stream stands after this event: send it as `after` to resume."""
+    type: Global___OrderEvent.Type.ValueType
+    @_builtins.property
+    def order(self) -> Global___Order:
+        """The order as the change left it (unset on a heartbeat)."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made (a heartbeat: when it was sent)."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        type: Global___OrderEvent.Type.ValueType = ...,
+        order: Global___Order | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "order", b"order", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderEvent: _TypeAlias = OrderEvent  # noqa: Y015

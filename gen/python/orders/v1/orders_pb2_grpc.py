@@ -95,6 +95,11 @@ class OrdersServiceStub:
                 request_serializer=orders_dot_v1_dot_orders__pb2.SeedRequest.SerializeToString,
                 response_deserializer=orders_dot_v1_dot_orders__pb2.SeedResponse.FromString,
                 _registered_method=True)
+        self.WatchOrders = channel.unary_stream(
+                '/orders.v1.OrdersService/WatchOrders',
+                request_serializer=orders_dot_v1_dot_orders__pb2.WatchOrdersRequest.SerializeToString,
+                response_deserializer=orders_dot_v1_dot_orders__pb2.OrderEvent.FromString,
+                _registered_method=True)
 
 
 class OrdersServiceServicer:
@@ -190,6 +195,17 @@ class OrdersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrders(self, request, context):
+        """Streams order events: first those that follow `after` (a cursor this
+        stream or an earlier one sent), then each new one as it commits, in
+        commit order, with a HEARTBEAT carrying the current cursor when idle.
+        Ends with UNAVAILABLE when the server stops: resume elsewhere from the
+        last cursor handled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +268,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     servicer.Seed,
                     request_deserializer=orders_dot_v1_dot_orders__pb2.SeedRequest.FromString,
                     response_serializer=orders_dot_v1_dot_orders__pb2.SeedResponse.SerializeToString,
+            ),
+            'WatchOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrders,
+                    request_deserializer=orders_dot_v1_dot_orders__pb2.WatchOrdersRequest.FromString,
+                    response_serializer=orders_dot_v1_dot_orders__pb2.OrderEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +600,33 @@ class OrdersService:
             '/orders.v1.OrdersService/Seed',
             orders_dot_v1_dot_orders__pb2.SeedRequest.SerializeToString,
             orders_dot_v1_dot_orders__pb2.SeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orders.v1.OrdersService/WatchOrders',
+            orders_dot_v1_dot_orders__pb2.WatchOrdersRequest.SerializeToString,
+            orders_dot_v1_dot_orders__pb2.OrderEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,13 @@ class OrdersServiceStub:
     progress as it goes. All or nothing. A development tool: guarded by the
     admin token when one is configured, refused in production without one.
     """
+    WatchOrders: _grpc.UnaryStreamMultiCallable[_orders_pb2.WatchOrdersRequest, _orders_pb2.OrderEvent]
+    """Streams order events: first those that follow `after` (a cursor this
+    stream or an earlier one sent), then each new one as it commits, in
+    commit order, with a HEARTBEAT carrying the current cursor when idle.
+    Ends with UNAVAILABLE when the server stops: resume elsewhere from the
+    last cursor handled.
+    """
 
 @_typing.type_check_only
 class OrdersServiceAsyncStub(OrdersServiceStub):
@@ -110,6 +117,13 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """Fills the database with generated customers, orders and items, streaming
     progress as it goes. All or nothing. A development tool: guarded by the
     admin token when one is configured, refused in production without one.
+    """
+    WatchOrders: _aio.UnaryStreamMultiCallable[_orders_pb2.WatchOrdersRequest, _orders_pb2.OrderEvent]  # type: ignore[assignment]
+    """Streams order events: first those that follow `after` (a cursor this
+    stream or an earlier one sent), then each new one as it commits, in
+    commit order, with a HEARTBEAT carrying the current cursor when idle.
+    Ends with UNAVAILABLE when the server stops: resume elsewhere from the
+    last cursor handled.
     """
 
 class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +232,19 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Fills the database with generated customers, orders and items, streaming
         progress as it goes. All or nothing. A development tool: guarded by the
         admin token when one is configured, refused in production without one.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchOrders(
+        self,
+        request: _orders_pb2.WatchOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orders_pb2.OrderEvent], _abc.AsyncIterator[_orders_pb2.OrderEvent]]:
+        """Streams order events: first those that follow `after` (a cursor this
+        stream or an earlier one sent), then each new one as it commits, in
+        commit order, with a HEARTBEAT carrying the current cursor when idle.
+        Ends with UNAVAILABLE when the server stops: resume elsewhere from the
+        last cursor handled.
         """
 
 def add_OrdersServiceServicer_to_server(servicer: OrdersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
