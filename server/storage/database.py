@@ -284,7 +284,9 @@ class Database:
         replica, database = self.replica, self.replica_database
         assert replica is not None and database is not None
         reason = replica.refusal(min_lsn)
-        if reason is not None and reason != "lsn":
+        if reason is not None and (
+            reason != "lsn" or min_lsn is None or not replica.may_reach(min_lsn)
+        ):
             replica.fallback(reason)
             return None
         attempt = ExitStack()

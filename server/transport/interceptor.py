@@ -20,7 +20,7 @@ from .. import calls
 from ..domain.access import AccessPolicy, Right
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..observability import CALL_SECONDS, CALLS
-from ..storage.replica import parse_lsn
+from ..storage.replica import UNKNOWN_POSITION, parse_lsn
 from .status import to_grpc_status, to_status_proto
 
 __all__ = [
@@ -74,7 +74,7 @@ def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
         try:
             call.min_lsn = parse_lsn(min_lsn)
         except ValueError:
-            call.min_lsn = 1 << 64  # not a position: no replica can be known to be that far
+            call.min_lsn = UNKNOWN_POSITION  # no replica can be known to be that far
     return call, authorization
 
 
