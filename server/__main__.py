@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         from .supervisor import supervise
 
         return supervise(settings)
+    from . import tracing
     from .transport.app import OrdersServer
 
+    # Before the server opens its database: its engine is instrumented when traces are on.
+    # Each serving process has its own exporter (a supervisor serves no call).
+    tracing.configure()
     OrdersServer(settings).serve_until_signalled()
     return 0
 

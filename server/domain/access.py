@@ -51,14 +51,15 @@ class AccessPolicy:
     def open(self) -> bool:
         return not self.api_tokens
 
-    def check(self, needed: Right, authorization: str | None) -> None:
+    def check(self, needed: Right, authorization: str | None) -> Right | None:
         """Raises Unauthenticated (no credential) or PermissionDenied (a credential without
-        the right) unless `authorization` grants `needed`."""
+        the right) unless `authorization` grants `needed`. Returns the right the token holds
+        (what a trace may say of the caller's token), None when none was needed."""
         if needed < Right.ADMIN and self.open:
-            return
+            return None
         if needed == Right.ADMIN and self.admin_token is None and self.open:
             if not self.is_production:
-                return  # the local default: Seed works out of the box
+                return None  # the local default: Seed works out of the box
         presented = _bearer(authorization)
         if presented is None:
             what = "an admin token" if needed == Right.ADMIN else "an API token"
@@ -74,6 +75,7 @@ class AccessPolicy:
                 "the token is not valid" if granted is None else "the token may not do this",
                 reason="TOKEN_INVALID" if granted is None else "TOKEN_LACKS_RIGHT",
             )
+        return granted
 
     def _right_of(self, presented: bytes) -> Right | None:
         digest = _digest(presented)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .. import tracing
 from ..storage.bulk import BulkLoader
 from ..storage.database import Database
 from .errors import DomainError
@@ -224,8 +225,13 @@ class SeedRun:
             raise _Cancelled
 
     def _load(self) -> None:
+        # Traced: each phase a span under the write's, its statements under it.
+        phases: tracing.Phases | None = None
         try:
             with self._database.write() as session:
+                if tracing.tracer is not None:
+                    phases = tracing.Phases()
+                    phases.enter("reserve_ids")
                 loader = BulkLoader(session)
                 now = datetime.now(UTC)
                 stamp = loader.timestamp(now)
@@ -233,12 +239,16 @@ class SeedRun:
                 order_ids = loader.reserve_ids("orders", self.plan.orders)
 
                 self._phase = Phase.CUSTOMERS
+                if phases is not None:
+                    phases.enter("customers")
                 loader.load(
                     "customers",
                     ("id", "email", "email_key", "name", "created_at"),
                     self._counted("customers", self._customer_rows(customer_ids, stamp)),
                 )
                 self._phase = Phase.ORDERS
+                if phases is not None:
+                    phases.enter("orders", rows=self._done["customers"])
                 paid_count = array("q", bytes(8 * self.plan.customers))
                 paid_total = array("q", bytes(8 * self.plan.customers))
                 loader.load(
@@ -257,6 +267,8 @@ class SeedRun:
                         self._order_rows(customer_ids, order_ids, stamp, paid_count, paid_total),
                     ),
                 )
+                if phases is not None:
+                    phases.enter("customer_totals", rows=self._done["orders"])
                 loader.load(
                     "customer_totals",
                     ("customer_id", "order_count", "total_cents", "email"),
@@ -269,19 +281,29 @@ class SeedRun:
                     ),
                 )
                 self._phase = Phase.ITEMS
+                if phases is not None:
+                    phases.enter("items", rows=self.plan.customers)
                 loader.load(
                     "order_items",
                     ("order_id", "sku", "quantity", "unit_price_cents"),
                     self._counted("items", self._item_rows(order_ids)),
                 )
                 self._phase = Phase.COMMITTING
+                if phases is not None:
+                    phases.enter("commit", rows=self._done["items"])
+            if phases is not None:
+                phases.close()
             self._phase = Phase.DONE
         except _Cancelled:
             self._error = DomainError("the seed was cancelled; nothing was written", "CANCELLED")
             self._phase = Phase.FAILED
+            if phases is not None:
+                phases.close(self._error)
         except BaseException as exc:  # handed to the caller, who maps and logs it
             self._error = exc
             self._phase = Phase.FAILED
+            if phases is not None:
+                phases.close(exc)
         finally:
             self._finished.set()
             self._report_finished()

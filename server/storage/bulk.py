@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from .. import tracing
 from .database import count_statement
 
 __all__ = ["BulkLoader"]
@@ -62,14 +63,30 @@ class BulkLoader:
         names = ", ".join(columns)
         count_statement()
         if self._dialect == "postgresql":
+            statement = f"COPY {table} ({names}) FROM STDIN"
+        else:
+            marks = ", ".join("?" for _ in columns)
+            statement = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+        if tracing.tracer is None:
+            self._send(statement, rows)
+        else:
+            system = "postgresql" if self._dialect == "postgresql" else "sqlite"
+            tracing.statement(system, statement, lambda: self._send(statement, rows), _no_count)
+
+    def _send(self, statement: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        if self._dialect == "postgresql":
             with self._driver.cursor() as cursor:
-                with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                with cursor.copy(statement) as copy:
                     for row in rows:
                         copy.write_row(row)
         else:
-            marks = ", ".join("?" for _ in columns)
             cursor = self._driver.cursor()
             try:
-                cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+                cursor.executemany(statement, rows)
             finally:
                 cursor.close()
+
+
+def _no_count(_result: None) -> None:
+    """The rows of a load are counted by the seed's phases, not by the statement."""
+    return None

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, cast
 
 import psycopg
@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .. import calls
+from .. import calls, tracing
 from ..domain.errors import DeadlineExceeded, Unavailable
 from ..observability import DB_READS
 from .replica import REPLAYED_SQL, Replica, parse_lsn
@@ -131,6 +131,14 @@ class Rows:
         self._prepare = prepare
 
     def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        if tracing.tracer is not None:
+            system, text = (
+                ("postgresql", sql.postgresql) if self._postgresql else ("sqlite", sql.sqlite)
+            )
+            return tracing.statement(system, text, lambda: self._run(sql, params), len)
+        return self._run(sql, params)
+
+    def _run(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         count_statement()
         if self._postgresql:
             prepare = self._prepare and sql.prepare
@@ -244,6 +252,8 @@ class Database:
         else:
             _ping_when_idle(self.engine)
         event.listen(self.engine, "before_cursor_execute", _on_cursor_execute)
+        if tracing.tracer is not None:
+            tracing.instrument_engine(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.replica: Replica | None = None
         self.replica_database: Database | None = None
@@ -262,8 +272,18 @@ class Database:
             self._reads_on = {name: DB_READS.labels(name) for name in ("primary", "replica")}
             self.replica.start()
 
+    def read(self) -> AbstractContextManager[Rows]:
+        """A read (see _read), in a span of its own when the call is traced."""
+        if tracing.tracer is None:
+            return self._read()
+        return tracing.database_work("read", self._read(), self._system)
+
+    @property
+    def _system(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
     @contextmanager
-    def read(self) -> Iterator[Rows]:
+    def _read(self) -> Iterator[Rows]:
         """A read (see _read_here); on the read replica when the call may use one and the
         replica is fit to answer it (replica.py), else here."""
         call = calls.current()
@@ -380,8 +400,14 @@ class Database:
             pooled.invalidate(error)
             self.engine.dispose()
 
+    def write(self) -> AbstractContextManager[Session]:
+        """A write transaction (see _write), in a span of its own when the call is traced."""
+        if tracing.tracer is None:
+            return self._write()
+        return tracing.database_work("write", self._write(), self._system)
+
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def _write(self) -> Iterator[Session]:
         """A write transaction: on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
         so two writers queue instead of failing with 'database is locked' half-way."""
         remaining = self._remaining_checked()

@@ -20,6 +20,7 @@ from sqlalchemy import event
 
 from orders_client.methods import METHODS
 
+from .. import tracing
 from ..config import Settings
 from ..domain.access import AccessPolicy, Right, parse_api_tokens
 from ..domain.book import OrderBook
@@ -172,6 +173,7 @@ class OrdersServer:
             left_serving = False
         self.book.stop_seeds()
         self.database.dispose()
+        tracing.shutdown()  # the last spans, before the process ends without exit handlers
         self.socket_path.unlink(missing_ok=True)
         log.info("stopped")
         return left_serving

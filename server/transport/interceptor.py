@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import grpc
 
-from .. import calls
+from .. import calls, tracing
 from ..domain.access import AccessPolicy, Right
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..observability import CALL_SECONDS, CALLS
@@ -56,9 +56,12 @@ def _code_set(context: grpc.ServicerContext) -> bool:
     return cast(Any, context).code() is not None
 
 
-def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
-    """The call's state from its metadata, read in one pass, and its authorization header."""
-    request_id = expected_ms = authorization = min_lsn = None
+def _begin(
+    context: grpc.ServicerContext,
+) -> tuple[calls.Call, str | None, tuple[str | None, str | None]]:
+    """The call's state from its metadata, read in one pass, its authorization header, and
+    its W3C trace context (traceparent, tracestate)."""
+    request_id = expected_ms = authorization = min_lsn = traceparent = tracestate = None
     for name, value in context.invocation_metadata() or ():
         if name == "x-request-id":
             request_id = str(value)
@@ -68,6 +71,10 @@ def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
             authorization = str(value)
         elif name == MIN_LSN_HEADER:
             min_lsn = str(value)
+        elif name == "traceparent":
+            traceparent = str(value)
+        elif name == "tracestate":
+            tracestate = str(value)
     seconds = _time_allowed(context.time_remaining(), expected_ms)
     call = calls.Call(request_id, seconds)
     if min_lsn is not None:
@@ -75,7 +82,7 @@ def _begin(context: grpc.ServicerContext) -> tuple[calls.Call, str | None]:
             call.min_lsn = parse_lsn(min_lsn)
         except ValueError:
             call.min_lsn = UNKNOWN_POSITION  # no replica can be known to be that far
-    return call, authorization
+    return call, authorization, (traceparent, tracestate)
 
 
 def _time_allowed(remaining: float | None, expected_ms: str | None) -> float | None:
@@ -217,7 +224,7 @@ class ShutdownGate:
 
 
 _Admit = Callable[[grpc.ServicerContext], None]
-_Guard = Callable[[str | None], None]
+_Guard = Callable[[str | None], Right | None]
 
 
 def _responder(
@@ -233,12 +240,16 @@ def _responder(
 
     def respond(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         started = time.perf_counter()
-        call, authorization = _begin(context)
+        call, authorization, trace_context = _begin(context)
         call.replica = replica
         token = calls.begin(call)
+        # The call's span (tracing on only): current until the call ends, so that what the
+        # call does below is its children.
+        traced = None if tracing.tracer is None else tracing.start_call(method, *trace_context)
         code = grpc.StatusCode.OK
+        granted = None
         try:
-            guard(authorization)
+            granted = guard(authorization)
             _refuse_undecodable(request)
             yield from behavior(request, context)
             _add_trailer(context, call)
@@ -249,7 +260,17 @@ def _responder(
             context.abort_with_status(status)
         finally:
             calls.end(token)
-            record(method, _outcome(context, code), time.perf_counter() - started, call)
+            outcome = _outcome(context, code)
+            if traced is not None:
+                tracing.end_call(
+                    *traced,
+                    outcome.name,
+                    outcome.value[0],
+                    call.request_id,
+                    None if granted is None else granted.name.lower(),
+                    call.statements,
+                )
+            record(method, outcome, time.perf_counter() - started, call)
 
     return respond
 
@@ -327,8 +348,8 @@ def _admit_any(_context: grpc.ServicerContext) -> None:
     pass
 
 
-def _allow_any(_authorization: str | None) -> None:
-    pass
+def _allow_any(_authorization: str | None) -> Right | None:
+    return None
 
 
 class CallInterceptor(grpc.ServerInterceptor):
@@ -350,8 +371,8 @@ class CallInterceptor(grpc.ServerInterceptor):
         if needed is None:
             return _admit_any, _allow_any
 
-        def guard(authorization: str | None) -> None:
-            self._policy.check(needed, authorization)
+        def guard(authorization: str | None) -> Right | None:
+            return self._policy.check(needed, authorization)
 
         return self._admit, guard
 
