@@ -7,7 +7,8 @@ alone on its line stands for lines (YAML list items), each indented like it.
 Besides ports and addresses, the rendering carries what is derived rather than written: the
 routes that answer OPTIONS and 405 for each REST path, from the API's HTTP rules
 (gateway/routes.py), the API's enums (for errors that list their values), and the CORS policy
-for the origins in ORDERS_CORS_ORIGINS.
+for the origins in ORDERS_CORS_ORIGINS, and Envoy's OpenTelemetry tracer when
+OTEL_EXPORTER_OTLP_ENDPOINT is set (with the sampling of OTEL_TRACES_SAMPLER).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from gateway.routes import (
     TRANSCODED_SERVICES,
@@ -33,6 +35,7 @@ from gateway.routes import (
     method_routes,
 )
 from server.config import grpc_processes, socket_dir, worker_sockets
+from server.tracing import enabled_by as tracing_enabled_by
 
 __all__ = [
     "COMPOSE_DESCRIPTOR_PATH",
@@ -76,6 +79,13 @@ class GatewayConfig:
     # Origins allowed to call the REST API from a browser (ORDERS_CORS_ORIGINS). Empty: no
     # cross-origin access, and no CORS header in any answer.
     cors_origins: tuple[str, ...] = ()
+    # The OTLP/gRPC collector Envoy sends its spans to, as (host, port); None: no tracing.
+    trace_collector: tuple[str, int] | None = None
+    # Which requests Envoy traces: OTEL_TRACES_SAMPLER's name, and the ratio of the ratio
+    # samplers (OTEL_TRACES_SAMPLER_ARG), as the server reads them.
+    trace_sampler: str = "parentbased_always_on"
+    trace_ratio: float = 1.0
+    trace_service_name: str = "orders-envoy"
 
     @classmethod
     def from_env(
@@ -102,6 +112,10 @@ class GatewayConfig:
             upstream_port=_port(env, "ORDERS_GRPC_PORT", defaults.upstream_port),
             upstream_host=env.get("ORDERS_UPSTREAM_HOST") or defaults.upstream_host,
             cors_origins=_cors_origins(env),
+            trace_collector=_trace_collector(env),
+            trace_sampler=_trace_sampler(env),
+            trace_ratio=_trace_ratio(env),
+            trace_service_name=_trace_service_name(env),
         )
 
     def with_server_processes(self, environ: Mapping[str, str]) -> GatewayConfig:
@@ -142,7 +156,70 @@ class GatewayConfig:
             "method_routes": flow_lines(method_routes(paths, cors)),
             "virtual_host_filters": json.dumps(vhost_filters),
             "api_enums": lua_table(api_enums(DESCRIPTOR_PATH, TRANSCODED_SERVICES)),
+            "tracing": self._tracing(),
+            "trace_collector_cluster": self._trace_collector_cluster(),
         }
+
+    def _tracing(self) -> str:
+        """The connection manager's `tracing` (one YAML line), or nothing without a collector.
+        Envoy's span is the request's SERVER span; it sends its traceparent to the server."""
+        if self.trace_collector is None:
+            return ""
+        tracing = {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": TRACE_COLLECTOR_CLUSTER},
+                        "timeout": "1s",
+                    },
+                    "service_name": self.trace_service_name,
+                    "sampler": _envoy_sampler(self.trace_sampler, self.trace_ratio),
+                },
+            },
+            # The span's name and URL without the query string, which may hold personal data
+            # (?email=): the path as the client sent it, before the transcoder rewrote it.
+            "operation": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %PATH(NQ:ORIG)%",
+            "custom_tags": [
+                {"tag": "http.url", "value": "%PATH(NQ:ORIG)%"},
+                {"tag": "http.method", "value": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"},
+            ],
+        }
+        # The tracer's sampler decides, as the server's does (a caller's sampled traceparent is
+        # followed by the parentbased_ samplers), not the x-request-id's bits: a caller's own
+        # request id (any string) would otherwise decide, and one not a UUID is never traced.
+        request_ids = {
+            "typed_config": {
+                "@type": _UUID_REQUEST_ID,
+                "use_request_id_for_trace_sampling": False,
+            }
+        }
+        return f"tracing: {json.dumps(tracing)}\nrequest_id_extension: {json.dumps(request_ids)}"
+
+    def _trace_collector_cluster(self) -> str:
+        """The collector's cluster (one YAML list item), or nothing without a collector."""
+        if self.trace_collector is None:
+            return ""
+        host, port = self.trace_collector
+        address = {"socket_address": {"address": host, "port_value": port}}
+        cluster = {
+            "name": TRACE_COLLECTOR_CLUSTER,
+            "type": "STRICT_DNS",
+            "dns_lookup_family": "V4_ONLY",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": _HTTP_PROTOCOL_OPTIONS,
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": TRACE_COLLECTOR_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+        }
+        return f"- {json.dumps(cluster)}"
 
     @property
     def rest_url(self) -> str:
@@ -169,6 +246,107 @@ def render(config: GatewayConfig, template: str | None = None) -> str:
 
     text = _PLACEHOLDER_LINE.sub(lines, text)
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+TRACE_COLLECTOR_CLUSTER = "opentelemetry_collector"
+_UUID_REQUEST_ID = "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+_HTTP_PROTOCOL_OPTIONS = (
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
+
+
+def _trace_collector(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """host and port of OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT (the
+    server exports to the same), when tracing is asked for."""
+    if not tracing_enabled_by(env):
+        return None
+    name = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        raw = (env.get(name) or "").strip()
+    parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(
+            f"{name}={raw!r}: Envoy sends OTLP/gRPC in plaintext to http://host:port (a"
+            " collector next to it, which may forward anywhere, TLS included)"
+        )
+    try:
+        port = parts.port or 4317
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} has no valid port") from None
+    return parts.hostname, port
+
+
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _trace_sampler(env: Mapping[str, str]) -> str:
+    sampler = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    if sampler not in _SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER={sampler!r}: Envoy follows {', '.join(_SAMPLERS)}")
+    return sampler
+
+
+def _trace_ratio(env: Mapping[str, str]) -> float:
+    """OTEL_TRACES_SAMPLER_ARG, the ratio of the ratio samplers (1.0 when unset)."""
+    raw = (env.get("OTEL_TRACES_SAMPLER_ARG") or "").strip()
+    if not raw or not (env.get("OTEL_TRACES_SAMPLER") or "").strip().lower().endswith("ratio"):
+        return 1.0
+    try:
+        ratio = float(raw)
+    except ValueError:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a ratio (0..1)") from None
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a ratio (0..1)")
+    return ratio
+
+
+_SAMPLER_TYPES = "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3."
+
+
+def _envoy_sampler(sampler: str, ratio: float) -> dict[str, object]:
+    """OTEL_TRACES_SAMPLER as the OpenTelemetry tracer's sampler extension."""
+    root = sampler.removeprefix("parentbased_")
+    if root == "always_on":
+        inner: dict[str, object] = {
+            "name": "envoy.tracers.opentelemetry.samplers.always_on",
+            "typed_config": {"@type": _SAMPLER_TYPES + "AlwaysOnSamplerConfig"},
+        }
+    else:
+        share = 0.0 if root == "always_off" else ratio
+        inner = {
+            "name": "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based",
+            "typed_config": {
+                "@type": _SAMPLER_TYPES + "TraceIdRatioBasedSamplerConfig",
+                "sampling_percentage": {
+                    "numerator": round(share * 1_000_000),
+                    "denominator": "MILLION",
+                },
+            },
+        }
+    if not sampler.startswith("parentbased_"):
+        return inner
+    return {
+        "name": "envoy.tracers.opentelemetry.samplers.parent_based",
+        "typed_config": {
+            "@type": _SAMPLER_TYPES + "ParentBasedSamplerConfig",
+            "wrapped_sampler": inner,
+        },
+    }
+
+
+def _trace_service_name(env: Mapping[str, str]) -> str:
+    """Envoy's spans are the service's name with -envoy (the server's are the name itself)."""
+    name = (env.get("OTEL_SERVICE_NAME") or "").strip()
+    return f"{name}-envoy" if name else "orders-envoy"
 
 
 def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -243,9 +243,13 @@ def _responder(
         call, authorization, trace_context = _begin(context)
         call.replica = replica
         token = calls.begin(call)
-        # The call's span (tracing on only): current until the call ends, so that what the
-        # call does below is its children.
-        traced = None if tracing.tracer is None else tracing.start_call(method, *trace_context)
+        # The call's span (tracing on, the service's methods: not the balancers' health
+        # checks): current until the call ends, so that what the call does is its children.
+        traced = (
+            None
+            if tracing.tracer is None or method.startswith("/grpc.")
+            else tracing.start_call(method, *trace_context)
+        )
         code = grpc.StatusCode.OK
         granted = None
         try:

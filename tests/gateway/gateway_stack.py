@@ -45,10 +45,11 @@ def start_envoy(
     template: str | None = None,
     *,
     cors_origins: tuple[str, ...] = (),
+    trace_collector: tuple[str, int] | None = None,
 ) -> Envoy:
     """An Envoy in front of 127.0.0.1:upstream_port, on free ports, ready; rendered from
     `template` (envoy.yaml's text, changed by a test) when given, allowing browsers from
-    `cors_origins` (ORDERS_CORS_ORIGINS)."""
+    `cors_origins` (ORDERS_CORS_ORIGINS), sending its spans to `trace_collector`."""
     last: Exception | None = None
     for _ in range(3):
         config = GatewayConfig(
@@ -56,6 +57,7 @@ def start_envoy(
             admin_port=free_port(),
             upstream_port=upstream_port,
             cors_origins=cors_origins,
+            trace_collector=trace_collector,
         )
         envoy = Envoy(config, log_path=log_path, log_level="info", template=template)
         envoy.start()
