@@ -241,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("id", type=_positive_int, metavar="ID")
         sub.set_defaults(run=_transition(call))
 
+    watch = command(
+        commands, "watch", "print order events as they happen, until Ctrl-C; then the cursor"
+    )
+    watch.add_argument("--customer-id", type=_positive_int, default=0, help="one customer's")
+    watch.add_argument(
+        "--after", type=_text, default="", help="the cursor printed last time: go on from it"
+    )
+    watch.set_defaults(run=_watch)
+
     customers = command(commands, "customers", "list, show or create customers")
     customer_commands = customers.add_subparsers(
         dest="customer_command", required=True, metavar="COMMAND"
@@ -387,6 +396,35 @@ def _seed(args: argparse.Namespace, client: OrdersClient, console: Console) -> i
         stream.cancel()
         _fail("seed cancelled; the server rolls it back, nothing of it is kept")
         return EXIT_INTERRUPTED
+
+
+def _watch(args: argparse.Namespace, client: OrdersClient, console: Console) -> int:
+    """One line per event (a table row's worth, or proto3 JSON); on Ctrl-C, or a stream that
+    cannot be resumed, the cursor to go on from, on stderr: stdout stays the events."""
+    events = client.watch_orders(args.customer_id, args.after)
+    try:
+        for event in events:
+            if args.json:
+                console.file.write(views.to_json(event, indent=None) + "\n")
+            else:
+                console.print(views.event_line(event))
+            console.file.flush()
+        return 0
+    except KeyboardInterrupt:
+        events.cancel()
+        _resume_hint(events.cursor, args.customer_id)
+        return EXIT_INTERRUPTED
+    except OrdersError as error:
+        if error.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):  # lost, not refused
+            _resume_hint(events.cursor, args.customer_id)
+        raise
+
+
+def _resume_hint(cursor: str, customer_id: int) -> None:
+    if not cursor:
+        return
+    again = f" --customer-id {customer_id}" if customer_id else ""
+    print(f"resume with: orders watch{again} --after {cursor}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """OrdersClient: one typed method per RPC of orders.v1.OrdersService, a deadline on every call,
-pagers over every order and every customer, and the Seed stream as an iterator."""
+pagers over every order and every customer, the Seed stream as an iterator, and order events
+as an iterator that resumes by itself (watch.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from orders.v1 import orders_pb2_grpc as pb_grpc
 
 from .channel import DEFAULT_RETRY, RetryPolicy, open_channel, resolve_target
 from .errors import OrdersError
+from .watch import EventWatch
 
 __all__ = ["Deadlines", "OrderFilters", "OrdersClient", "SeedStream", "StatusArg", "parse_status"]
 
@@ -300,6 +302,20 @@ class OrdersClient:
             return SeedStream(self._stub.Seed(request, timeout=deadline))
         except grpc.RpcError as err:
             raise OrdersError.from_rpc_error(err) from err
+
+    def watch_orders(
+        self,
+        customer_id: int = 0,
+        after: str = "",
+        *,
+        heartbeats: bool = False,
+        resume: bool = True,
+    ) -> EventWatch:
+        """Order events as they commit: those after `after` (a cursor of an earlier watch;
+        empty: from now on), of one customer or all (0). Without a deadline: it ends when
+        cancelled. It goes on by itself after UNAVAILABLE (a replica stopping) unless
+        `resume` is False; its `cursor` is where to resume from later."""
+        return EventWatch(self._stub, customer_id, after, heartbeats=heartbeats, resume=resume)
 
 
 class _Page(Protocol):

@@ -16,6 +16,7 @@ from rich.text import Text
 __all__ = [
     "customer_table",
     "customers_table",
+    "event_line",
     "money",
     "order_view",
     "orders_table",
@@ -67,6 +68,18 @@ def _status(order: pb.Order) -> Text:
     if order.is_archived:
         text.append(" (archived)", style="dim")
     return text
+
+
+def event_line(event: pb.OrderEvent) -> Text:
+    """One order event as a line: when, what, which order of which customer, its status and
+    total after the change."""
+    order = event.order
+    line = Text(f"{when(event.time)}  ")
+    line.append(f"{pb.OrderEvent.Type.Name(event.type):<9}", style="bold")
+    line.append(f"  order {order.id}  customer {order.customer_id} ({order.customer.email})  ")
+    line.append(_status(order))
+    line.append(f"  {money(order.total_cents)}")
+    return line
 
 
 def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table:

@@ -235,7 +235,7 @@ def test_every_whole_number_option_has_a_range_and_says_it_in_one_line(
 ) -> None:
     # The parser in-process: every option of every command, each with three bad values.
     found = list(int_options(build_parser()))
-    assert len(found) == 14, [(c, a.dest) for c, a in found]  # a new option lands here too
+    assert len(found) == 15, [(c, a.dest) for c, a in found]  # a new option lands here too
     for command, action in found:
         kind = action.type
         assert isinstance(kind, IntRange)
