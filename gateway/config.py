@@ -180,9 +180,9 @@ class GatewayConfig:
             },
             # The span's name and URL without the query string, which may hold personal data
             # (?email=): the path as the client sent it, before the transcoder rewrote it.
-            "operation": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %PATH(NQ:ORIG)%",
+            "operation": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %PATH(NQ)%",
             "custom_tags": [
-                {"tag": "http.url", "value": "%PATH(NQ:ORIG)%"},
+                {"tag": "http.url", "value": "%PATH(NQ)%"},
                 {"tag": "http.method", "value": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"},
             ],
         }
