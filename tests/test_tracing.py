@@ -4,6 +4,7 @@ Envoy and server: tests/gateway/test_gateway_tracing.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 import yaml
 from harness import ROOT
 
-from gateway.config import GatewayConfig, render
+from gateway.config import DESCRIPTOR_PATH, GatewayConfig, render
+from gateway.envoy import validate
 from server.tracing import enabled_by
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
@@ -110,3 +112,19 @@ def test_envoy_samples_as_the_server_does(
 def test_a_setting_envoy_cannot_follow_is_an_error_naming_it(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="OTEL_"):
         GatewayConfig.from_env("local", env)
+
+
+def test_compose_s_tracing_profile_is_a_collector_envoy_accepts_sending_to() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    collector = compose["services"]["otel-collector"]
+    assert collector["profiles"] == ["tracing"]
+    assert (ROOT / "otel-collector.yaml").is_file()
+    # Both the server and Envoy's rendering get the variables from the shell.
+    for name in ("server", "envoy-config"):
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in compose["services"][name]["environment"], name
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"}
+    config = dataclasses.replace(
+        GatewayConfig.from_env("compose", env), descriptor_path=str(DESCRIPTOR_PATH)
+    )
+    assert config.trace_collector == ("otel-collector", 4317)
+    validate(render(config))
