@@ -25,6 +25,7 @@ caller's token is named by the right it holds, never by its text.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +54,9 @@ log = logging.getLogger("orders.tracing")
 
 tracer: Tracer | None = None
 _provider: TracerProvider | None = None
+# Whether the current call is sampled: what the hooks below ask before making anything, at the
+# cost of a context variable's read (an unsampled call makes its own span and nothing else).
+_sampled: contextvars.ContextVar[bool] = contextvars.ContextVar("orders_sampled", default=False)
 _T = TypeVar("_T")
 
 DEFAULT_SERVICE_NAME = "orders-server"
@@ -111,9 +115,13 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
 # ---- one RPC ------------------------------------------------------------------------------
 
 
-def start_call(method: str, traceparent: str | None, tracestate: str | None) -> tuple[Span, Any]:
+def start_call(
+    method: str, traceparent: str | None, tracestate: str | None
+) -> tuple[Span, Any, Any] | None:
     """The RPC's SERVER span, current until end_call: the child of the caller's traceparent
-    when there is one (the global propagator reads it: W3C trace context by default)."""
+    when there is one (the global propagator reads it: W3C trace context by default). None
+    when the sampler leaves the call out: then nothing is made current, and nothing below it
+    makes a span either."""
     from opentelemetry import context, propagate, trace
 
     assert tracer is not None
@@ -130,13 +138,16 @@ def start_call(method: str, traceparent: str | None, tracestate: str | None) -> 
         kind=trace.SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
+    if not span.is_recording():
+        return None
     token = context.attach(trace.set_span_in_context(span, parent))
-    return span, token
+    return span, token, _sampled.set(True)
 
 
 def end_call(
     span: Span,
     token: Any,
+    sampled: Any,
     code_name: str,
     code_number: int,
     request_id: str | None,
@@ -150,18 +161,18 @@ def end_call(
     from opentelemetry.trace import Status, StatusCode
 
     try:
-        if span.is_recording():
-            span.set_attribute("rpc.grpc.status_code", code_number)
-            span.set_attribute("orders.sql_statements", statements)
-            if request_id is not None:
-                span.set_attribute("orders.request_id", request_id)
-            if token_name is not None:
-                span.set_attribute("orders.token", token_name)
-            if code_number != 0:
-                span.set_attribute("error.type", code_name)
-                span.set_status(Status(StatusCode.ERROR, code_name))
+        span.set_attribute("rpc.grpc.status_code", code_number)
+        span.set_attribute("orders.sql_statements", statements)
+        if request_id is not None:
+            span.set_attribute("orders.request_id", request_id)
+        if token_name is not None:
+            span.set_attribute("orders.token", token_name)
+        if code_number != 0:
+            span.set_attribute("error.type", code_name)
+            span.set_status(Status(StatusCode.ERROR, code_name))
         span.end()
     finally:
+        _sampled.reset(sampled)
         context.detach(token)
 
 
@@ -169,9 +180,7 @@ def end_call(
 
 
 def _recording() -> bool:
-    from opentelemetry import trace
-
-    return trace.get_current_span().is_recording()
+    return _sampled.get()
 
 
 @contextmanager
