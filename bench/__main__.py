@@ -21,6 +21,8 @@ Phases, in order:
 6. memory: the server's RSS over a mixed load after a warm-up;
 6b. the read replica: reads over a primary and its streaming standby vs the primary alone with
    writes running, and the cost of read-your-writes' position check (bench/replica.py);
+6d. order events: 50 watchers under a steady 200 transitions/s, every event to every
+   watcher and its lag, and a transition's cost with the outbox vs without (bench/events.py);
 7. with --django PATH, the same workloads over REST beside the Django service this one
    replaces (bench/django.py); without it, those rows say n/a.
 """
@@ -54,6 +56,7 @@ from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
 from .django import DjangoPhase
+from .events import EventsPhase
 from .floor import SUMMARY_AGGREGATE, SUMMARY_ROLLUP, FloorReader, FloorSeeder, list_sql
 from .load import LoadResult, planned_start, run_load
 from .overhead import Overhead
@@ -191,6 +194,7 @@ class Bench:
         self.facts: dict[str, Any] = {}
         self.django = DjangoPhase(django, size_name, self.dbs, log_dir, install, chart)
         self.replica = ReplicaPhase(size_name, log_dir)
+        self.events = EventsPhase(size_name, self.dbs, log_dir)
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -205,6 +209,7 @@ class Bench:
             phases += [("fill", self.fill), ("settle again", self.settle)]
         phases += [("latencies", self.latencies), ("memory", self.memory)]
         phases.append(("read replica", lambda: self.replica.run(self.table)))
+        phases.append(("order events", lambda: self.events.run(self.table)))
         phases.append(("vs Django", lambda: self.django.run(self.table)))
         timings = self.facts["phase_seconds"] = {}
         for name, phase in phases:
@@ -216,6 +221,11 @@ class Bench:
     def close(self) -> None:
         self.facts["django"] = self.django.figures
         self.facts["read_replica"] = self.replica.figures
+        self.facts["order_events"] = self.events.figures
+        try:
+            self.events.close()
+        except Exception as exc:  # the rest must still be stopped and dropped
+            say(f"cleanup of the order events phase: {exc}")
         try:
             self.replica.close()
         except Exception as exc:  # the rest must still be stopped and dropped

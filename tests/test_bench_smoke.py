@@ -38,6 +38,9 @@ ROWS = (
     "server RSS over",
     "read replica: reads/s with writes running",
     "read replica: GetOrder, right after its write, with its position",
+    "events: 50 watchers x",
+    "events: commit -> delivery lag p99",
+    "events: a transition's p50, outbox vs none",
 )
 # Without --django PATH the comparison with the Django service does not run: its rows say n/a.
 DJANGO_ROWS = (

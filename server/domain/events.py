@@ -116,6 +116,8 @@ class EventHub:
         self._positions: list[int] = []
         self._events: list[outbox.EventRow] = []
         self._threads: list[threading.Thread] = []
+        self._head_lock = threading.Lock()
+        self._last_head: tuple[float, tuple[int, int]] | None = None
         self._next_prune = 0.0
 
     # Life cycle
@@ -179,8 +181,7 @@ class EventHub:
         self, customer_id: int | None, after: int | None, cancelled: threading.Event
     ) -> Iterator[Delivery]:
         key = customer_id or 0
-        with self._db.read() as rows:
-            head, pruned = outbox.head(rows)
+        head, pruned = self._current_head()
         if after is None:
             after = head  # from now on: what commits after this call began
         else:
@@ -200,6 +201,19 @@ class EventHub:
             elif now >= beat_at and not cancelled.is_set():
                 yield None, encode_cursor(after, key)
                 last_sent = now
+
+    def _current_head(self) -> tuple[int, int]:
+        """outbox.head, read after this call began; watchers starting together share one
+        read (and one connection) rather than each taking one."""
+        asked = time.monotonic()
+        with self._head_lock:
+            if self._last_head is not None and self._last_head[0] >= asked:
+                return self._last_head[1]
+            started = time.monotonic()
+            with self._db.read() as rows:
+                found = outbox.head(rows)
+            self._last_head = (started, found)
+            return found
 
     def _replay(
         self, after: int, upto: int, customer_id: int | None

@@ -35,6 +35,8 @@ def _success_status(method: str) -> tuple[tuple[str, str], ...]:
     return (("x-http-code", str(METHODS[method].http_status)),)
 
 
+# The latest events' messages kept for the watchers that follow them.
+_EVENT_MESSAGES = 4096
 _CUSTOMER_CREATED = _success_status("CreateCustomer")
 _ORDER_CREATED = _success_status("CreateOrder")
 
@@ -69,6 +71,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     def __init__(self, book: OrderBook, events: EventHub) -> None:
         self._book = book
         self._events = events
+        self._event_messages: dict[str, pb.OrderEvent] = {}
 
     def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: grpc.ServicerContext
@@ -164,5 +167,16 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             self._events.notify()
 
         context.add_callback(gone)
+        built = self._event_messages
         for event, cursor in self._events.watch(request.customer_id, request.after, cancelled):
-            yield convert.event_message(event, cursor)
+            if event is None:
+                yield convert.event_message(None, cursor)
+                continue
+            # Watchers of the same filter get the same message: built once, not once each
+            # (a cursor names the event and the filter).
+            message = built.get(cursor)
+            if message is None:
+                if len(built) >= _EVENT_MESSAGES:
+                    built.clear()
+                message = built[cursor] = convert.event_message(event, cursor)
+            yield message
