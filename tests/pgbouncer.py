@@ -90,7 +90,7 @@ class PgBouncer:
             # the sum under the test server's max_connections.
             "default_pool_size = 4\n"
             "max_client_conn = 2000\n"
-            "ignore_startup_parameters = extra_float_digits,options\n"
+            "ignore_startup_parameters = extra_float_digits\n"
             f"logfile = {self.log}\n"
             f"pidfile = {self.folder / 'pgbouncer.pid'}\n"
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from harness import PostgresDatabases, free_port, wait_for
+from pgbouncer import PgBouncer, PgBouncerUnavailable
 from prometheus_client import REGISTRY
 
 from server import calls
@@ -100,3 +102,36 @@ def test_a_replica_nobody_answers_at_costs_no_read(url: str) -> None:
         assert database.replica is not None and not database.replica.reachable
     finally:
         database.dispose()
+
+
+@POSTGRESQL
+def test_a_replica_behind_pgbouncer_is_watched_and_read(url: str) -> None:
+    """Behind a pooler in transaction mode (with PgBouncer's defaults: no `options` startup
+    parameter) the monitor still reaches the replica, and reads go there."""
+    direct = sa.make_url(url)
+    try:
+        pooler = PgBouncer(direct.host or "127.0.0.1", direct.port or 5432)
+    except PgBouncerUnavailable as exc:
+        pytest.skip(str(exc))  # the suite's PgBouncer modules fail under CI=true instead
+    try:
+        pooler.start()
+        database = Database(
+            url,
+            pool_size=2,
+            transaction_pooling=True,
+            read_url=pooler.url(str(direct.database)),
+        )
+        try:
+            replica = database.replica
+            assert replica is not None
+            wait_for(lambda: replica.reachable, 10, "the monitor to reach the replica")
+            book = OrderBook(database, seed_max_rows=100)
+            before = _count("orders_db_reads_total", database="replica")
+            with calls.scope() as read:
+                read.replica = True
+                book.summary(3)
+            assert _count("orders_db_reads_total", database="replica") == before + 1
+        finally:
+            database.dispose()
+    finally:
+        pooler.destroy()

@@ -66,12 +66,18 @@ class _Probe:
 
     def lsn(self, sql: str) -> int:
         if self._connection is None or self._connection.closed:
+            # Bounded by the network, not by server settings: a pooler (PgBouncer) refuses
+            # the `options` startup parameter, and its connections are not the monitor's own.
             self._connection = psycopg.connect(
                 self._conninfo,
                 autocommit=True,
                 connect_timeout=_PROBE_TIMEOUT_SECONDS,
                 prepare_threshold=None,  # a pooler in transaction mode may be in between
-                options=f"-c statement_timeout={_PROBE_TIMEOUT_SECONDS * 1000}",
+                keepalives=1,
+                keepalives_idle=1,
+                keepalives_interval=1,
+                keepalives_count=1,
+                tcp_user_timeout=2000 * _PROBE_TIMEOUT_SECONDS,
             )
         try:
             row = self._connection.execute(sql).fetchone()
