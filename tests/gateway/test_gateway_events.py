@@ -42,6 +42,7 @@ class RestWatcher:
         self.response = self.connection.getresponse()
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cursor = ""
+        self.last: dict[str, Any] = {}
         if self.response.status == 200:
             threading.Thread(target=self._read, daemon=True).start()
 
@@ -56,6 +57,7 @@ class RestWatcher:
     def next(self, timeout: float = 15.0) -> dict[str, Any]:
         line = self.lines.get(timeout=timeout)
         self.cursor = line["cursor"]
+        self.last = line
         return line
 
     def events(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -84,6 +86,7 @@ def test_events_stream_as_json_lines_with_heartbeats(events_gateway: Gateway) ->
     assert watcher.response.getheader("content-type") == "application/x-ndjson"
     beat = watcher.heartbeat()
     assert beat
+    assert "order" not in watcher.last  # a heartbeat carries the cursor and the time only
     order = new_order(stub, customer.id)
     stub.PayOrder(pb.PayOrderRequest(id=order.id))
     created, paid = watcher.events(2)
