@@ -21,6 +21,8 @@ Phases, in order:
 6. memory: the server's RSS over a mixed load after a warm-up;
 6b. the read replica: reads over a primary and its streaming standby vs the primary alone with
    writes running, and the cost of read-your-writes' position check (bench/replica.py);
+6c. traces: GetSummary and ListOrders with tracing off, on at 1% sampling and at 100%
+   (bench/tracing.py);
 6d. order events: 50 watchers under a steady 200 transitions/s, every event to every
    watcher and its lag, and a transition's cost with the outbox vs without (bench/events.py);
 7. with --django PATH, the same workloads over REST beside the Django service this one
@@ -83,6 +85,7 @@ from .stack import (
     say,
 )
 from .stats import Case, run_interleaved
+from .tracing import TracingPhase
 
 STATEMENTS = "orders-sql-statements"
 PAID = pb.Order.Status.Value("PAID")
@@ -195,6 +198,7 @@ class Bench:
         self.django = DjangoPhase(django, size_name, self.dbs, log_dir, install, chart)
         self.replica = ReplicaPhase(size_name, log_dir)
         self.events = EventsPhase(size_name, self.dbs, log_dir)
+        self.tracing = TracingPhase(size_name, log_dir, self.dbs)
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -210,6 +214,7 @@ class Bench:
         phases += [("latencies", self.latencies), ("memory", self.memory)]
         phases.append(("read replica", lambda: self.replica.run(self.table)))
         phases.append(("order events", lambda: self.events.run(self.table)))
+        phases.append(("tracing", lambda: self.tracing.run(self.table)))
         phases.append(("vs Django", lambda: self.django.run(self.table)))
         timings = self.facts["phase_seconds"] = {}
         for name, phase in phases:
@@ -226,6 +231,11 @@ class Bench:
             self.events.close()
         except Exception as exc:  # the rest must still be stopped and dropped
             say(f"cleanup of the order events phase: {exc}")
+        self.facts["tracing"] = self.tracing.figures
+        try:
+            self.tracing.close()
+        except Exception as exc:  # the rest must still be stopped and dropped
+            say(f"cleanup of the tracing phase: {exc}")
         try:
             self.replica.close()
         except Exception as exc:  # the rest must still be stopped and dropped

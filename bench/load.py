@@ -151,6 +151,12 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
     async def summary_call(stub: pb_grpc.OrdersServiceStub) -> None:
         await stub.GetSummary(summary, timeout=10)
 
+    first_page = pb.ListOrdersRequest(page_size=50)
+
+    async def list_call(stub: pb_grpc.OrdersServiceStub) -> None:
+        """ListOrders' first page of 50, newest first, with their items."""
+        await stub.ListOrders(first_page, timeout=10)
+
     async def mixed_call(stub: pb_grpc.OrdersServiceStub) -> None:
         """Reads of every kind, and one write in ten (an order created, then paid)."""
         r = rng.random()
@@ -188,7 +194,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
         """The transport alone: grpc.health.v1 Check with an empty request."""
         await health[stubs.index(stub)](b"", timeout=10)
 
-    call = {"summary": summary_call, "mixed": mixed_call, "health": health_call}[args.workload]
+    calls = {"summary": summary_call, "list": list_call, "mixed": mixed_call, "health": health_call}
+    call = calls[args.workload]
     latencies: list[float] = []
     state = {"calls": 0, "errors": 0, "first_error": ""}
     measuring = False
@@ -238,7 +245,9 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.load")
     parser.add_argument("--target", required=True)
-    parser.add_argument("--workload", choices=("summary", "mixed", "health"), default="summary")
+    parser.add_argument(
+        "--workload", choices=("summary", "list", "mixed", "health"), default="summary"
+    )
     parser.add_argument("--start-at", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--concurrency", type=int, default=8)
