@@ -214,6 +214,7 @@ class Database:
         read_url: str | None = None,
         max_replica_lag: float = 1.0,
         replica_wait: float = 0.1,
+        connect_timeout: int = 5,
     ) -> None:
         """`transaction_pooling`: a pooler in transaction mode (PgBouncer) sits between this
         process and PostgreSQL, so a database connection keeps nothing from one transaction
@@ -233,7 +234,7 @@ class Database:
         self._prepare: bool | None = None if transaction_pooling else True
         kwargs: dict[str, Any] = {}
         if self.is_postgresql:
-            connect_args: dict[str, Any] = {"connect_timeout": 5}
+            connect_args: dict[str, Any] = {"connect_timeout": connect_timeout}
             if transaction_pooling:
                 connect_args["prepare_threshold"] = None  # psycopg's automatic PREPARE
             kwargs.update(
@@ -260,7 +261,11 @@ class Database:
         if read_url is not None:
             if not self.is_postgresql:
                 raise ValueError("a read replica needs PostgreSQL as the primary")
-            self.replica_database = Database(read_url, pool_size, transaction_pooling)
+            # A replica that does not answer at once is passed over for the primary, within
+            # the caller's deadline, rather than waited for.
+            self.replica_database = Database(
+                read_url, pool_size, transaction_pooling, connect_timeout=1
+            )
             if not self.replica_database.is_postgresql:
                 raise ValueError("the read replica must be PostgreSQL")
             self.replica = Replica(
