@@ -123,12 +123,19 @@ class Rows:
     plain tuples. SQLAlchemy's execution layer (compiling, parameter processing, result
     objects) cost more CPU than PostgreSQL spent running the reads; writes keep it."""
 
-    __slots__ = ("_driver", "_postgresql", "_prepare")
+    __slots__ = ("_driver", "_postgresql", "_prepare", "pooled")
 
-    def __init__(self, driver: Any, postgresql: bool, prepare: bool | None) -> None:
+    def __init__(
+        self,
+        driver: Any,
+        postgresql: bool,
+        prepare: bool | None,
+        pooled: PoolProxiedConnection | None = None,
+    ) -> None:
         self._driver = driver
         self._postgresql = postgresql
         self._prepare = prepare
+        self.pooled = pooled  # the pool's connection, when the read checked one out itself
 
     def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         if tracing.tracer is not None:
@@ -171,18 +178,16 @@ class _ReplicaRows(Rows):
     primary is at least as far ahead as the replica, so a read that moves over mid-way sees
     newer rows, as each statement of a READ COMMITTED read may."""
 
-    __slots__ = ("_open_primary", "_pooled", "_primary", "_replica", "_replica_database")
+    __slots__ = ("_open_primary", "_primary", "_replica", "_replica_database")
 
     def __init__(
         self,
         rows: Rows,
-        pooled: PoolProxiedConnection,
         replica_database: Database,
         replica: Replica,
         open_primary: Callable[[], Rows],
     ) -> None:
-        super().__init__(rows._driver, rows._postgresql, rows._prepare)
-        self._pooled = pooled
+        super().__init__(rows._driver, rows._postgresql, rows._prepare, rows.pooled)
         self._replica_database = replica_database
         self._replica = replica
         self._open_primary = open_primary
@@ -195,7 +200,8 @@ class _ReplicaRows(Rows):
             except psycopg.OperationalError as error:
                 if isinstance(error, psycopg.errors.QueryCanceled):
                     raise  # the call's deadline: the primary would be no faster
-                self._replica_database._drop_if_gone(self._pooled, self._driver, error)
+                assert self.pooled is not None
+                self._replica_database._drop_if_gone(self.pooled, self._driver, error)
                 self._replica.failed(error)
                 self._replica.fallback("error")
                 self._primary = self._open_primary()
@@ -280,7 +286,7 @@ class Database:
     def read(self) -> AbstractContextManager[Rows]:
         """A read (see _read), in a span of its own when the call is traced."""
         if tracing.tracer is None:
-            return self._read()
+            return self._reading() if self.replica is None else self._read()
         return tracing.database_work("read", self._read(), self._system)
 
     @property
@@ -289,18 +295,18 @@ class Database:
 
     @contextmanager
     def _read(self) -> Iterator[Rows]:
-        """A read (see _read_here); on the read replica when the call may use one and the
+        """A read (see _reading); on the read replica when the call may use one and the
         replica is fit to answer it (replica.py), else here."""
         call = calls.current()
         if self.replica is None or call is None or not call.replica:
-            with self._reading() as (_pooled, rows):  # one wrapper fewer on every read
+            with self._reading() as rows:
                 yield rows
             return
         with ExitStack() as stack:
             routed = self._on_replica(stack, call.min_lsn)
             if routed is None:
                 self._reads_on["primary"].inc()
-                routed = stack.enter_context(self._read_here())
+                routed = stack.enter_context(self._reading())
             yield routed
 
     def _on_replica(self, stack: ExitStack, min_lsn: int | None) -> Rows | None:
@@ -316,11 +322,11 @@ class Database:
             return None
         attempt = ExitStack()
         try:
-            pooled, rows = attempt.enter_context(database._reading())
+            rows = attempt.enter_context(database._reading())
             if reason == "lsn":
-                assert min_lsn is not None
+                assert min_lsn is not None and rows.pooled is not None
                 try:
-                    caught_up = self._wait_replayed(pooled, min_lsn)
+                    caught_up = self._wait_replayed(rows.pooled, min_lsn)
                 except BaseException:
                     # Through the connection's own handling (a dead one is dropped).
                     if not attempt.__exit__(*sys.exc_info()):
@@ -336,11 +342,11 @@ class Database:
             return None
         stack.enter_context(attempt)
         self._reads_on["replica"].inc()
-        return _ReplicaRows(rows, pooled, database, replica, lambda: self._primary_instead(stack))
+        return _ReplicaRows(rows, database, replica, lambda: self._primary_instead(stack))
 
     def _primary_instead(self, stack: ExitStack) -> Rows:
         self._reads_on["primary"].inc()
-        return stack.enter_context(self._read_here())
+        return stack.enter_context(self._reading())
 
     def _wait_replayed(self, pooled: PoolProxiedConnection, min_lsn: int) -> bool:
         """Whether the replica replays `min_lsn` within the replica's wait (and the call's
@@ -365,12 +371,7 @@ class Database:
             pause = min(pause * 2, 0.02)
 
     @contextmanager
-    def _read_here(self) -> Iterator[Rows]:
-        with self._reading() as (_pooled, rows):
-            yield rows
-
-    @contextmanager
-    def _reading(self) -> Iterator[tuple[PoolProxiedConnection, Rows]]:
+    def _reading(self) -> Iterator[Rows]:
         """A read, on the driver's own connection (see Rows). On PostgreSQL the connection runs
         in autocommit: each statement sees its own snapshot, exactly as in a READ COMMITTED
         transaction, without the BEGIN and COMMIT round trips. On SQLite the statements share
@@ -389,7 +390,7 @@ class Database:
                 elif remaining is not None:
                     # A pooler in transaction mode: psycopg's implicit BEGIN comes first.
                     driver.execute(_SET_TRANSACTION_TIMEOUT, (_milliseconds(remaining),))
-                yield pooled, Rows(driver, self.is_postgresql, self._prepare)
+                yield Rows(driver, self.is_postgresql, self._prepare, pooled)
             except _DRIVER_ERRORS as error:
                 self._drop_if_gone(pooled, driver, error)
                 raise
@@ -438,7 +439,7 @@ class Database:
         if call is None:
             return
         try:
-            with self._read_here() as rows:
+            with self._reading() as rows:
                 found = rows.first(_WAL_POSITION, {})
         except (Unavailable, DeadlineExceeded) as error:
             log.warning("commit position unknown: %s", error)
