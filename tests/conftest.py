@@ -40,6 +40,7 @@ THROUGH_PGBOUNCER = frozenset(
         "test_errors.py",
         "test_seed.py",
         "test_gateway_rest.py",
+        "test_events.py",
     }
 )
 

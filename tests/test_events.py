@@ -276,3 +276,20 @@ def test_a_stopped_replica_ends_its_watchers_and_another_resumes_them(
     finally:
         second.stop()
         first.stop()
+
+
+def test_watching_needs_the_read_right_when_tokens_are_set(
+    start_server: Callable[..., OrdersServer],
+) -> None:
+    server = start_server(ORDERS_API_TOKENS="read:reader-7f3a", **FAST)
+    stub = server.stub
+    request = pb.WatchOrdersRequest()
+    expect_error(
+        lambda r: next(iter(stub.WatchOrders(r))),
+        request,
+        grpc.StatusCode.UNAUTHENTICATED,
+        reason="TOKEN_MISSING",
+    )
+    reader = [("authorization", "Bearer reader-7f3a")]
+    first = next(iter(stub.WatchOrders(request, metadata=reader, timeout=10)))
+    assert first.type == HEARTBEAT
