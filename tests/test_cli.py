@@ -313,7 +313,15 @@ def run_in_terminal(
     main, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
     process = subprocess.Popen(
-        args, stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True
+        args,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        close_fds=True,
+        # As a terminal's foreground program gets it. A test run started in the background
+        # (`cmd &` without job control) ignores SIGINT, and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(secondary)
     chunks: list[bytes] = []
