@@ -44,6 +44,7 @@ __all__ = [
     "database_work",
     "end_call",
     "instrument_engine",
+    "recording",
     "shutdown",
     "start_call",
     "statement",
@@ -115,6 +116,19 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
 # ---- one RPC ------------------------------------------------------------------------------
 
 
+def _api() -> tuple[Any, Any, Any]:
+    """opentelemetry's trace, propagate and context modules, imported on first use."""
+    global _modules
+    if _modules is None:
+        from opentelemetry import context, propagate, trace
+
+        _modules = (trace, propagate, context)
+    return _modules
+
+
+_modules: tuple[Any, Any, Any] | None = None
+
+
 def start_call(
     method: str, traceparent: str | None, tracestate: str | None
 ) -> tuple[Span, Any, Any] | None:
@@ -122,24 +136,21 @@ def start_call(
     when there is one (the global propagator reads it: W3C trace context by default). None
     when the sampler leaves the call out: then nothing is made current, and nothing below it
     makes a span either."""
-    from opentelemetry import context, propagate, trace
-
     assert tracer is not None
+    trace, propagate, context = _api()
     parent: Context | None = None
     if traceparent is not None:
         carrier = {"traceparent": traceparent}
         if tracestate is not None:
             carrier["tracestate"] = tracestate
         parent = propagate.extract(carrier)
-    service, _, name = method.lstrip("/").partition("/")
-    span = tracer.start_span(
-        method.lstrip("/"),
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    )
+    full_name = method.lstrip("/")
+    # The attributes only once sampled: the SDK copies them even for a span it drops.
+    span = tracer.start_span(full_name, context=parent, kind=trace.SpanKind.SERVER)
     if not span.is_recording():
         return None
+    service, _, name = full_name.partition("/")
+    span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": name})
     token = context.attach(trace.set_span_in_context(span, parent))
     return span, token, _sampled.set(True)
 
@@ -179,7 +190,8 @@ def end_call(
 # ---- the database -------------------------------------------------------------------------
 
 
-def _recording() -> bool:
+def recording() -> bool:
+    """Whether the current call is sampled (what the hooks check before anything else)."""
     return _sampled.get()
 
 
@@ -187,7 +199,7 @@ def _recording() -> bool:
 def database_work(kind: str, work: Any, system: str) -> Iterator[Any]:
     """`work` (a read's or a write's context manager) inside a span of its own, when the call
     is sampled; the statements it runs are that span's children."""
-    if not _recording():
+    if not recording():
         with work as value:
             yield value
         return
@@ -230,7 +242,7 @@ def statement(
 ) -> _T:
     """Runs one SQL statement (`run`) in a CLIENT span when the call is sampled: its text
     (placeholders, no values), and `rows(result)` as the rows it returned."""
-    if not _recording():
+    if not recording():
         return run()
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
@@ -268,7 +280,7 @@ def instrument_engine(engine: Engine) -> None:
     def before(
         _conn: Any, _cursor: Any, text: str, _params: Any, context: Any, _many: bool
     ) -> None:
-        if context is None or not _recording():
+        if context is None or not recording():
             return
         assert tracer is not None
         operation = _operation(text)
@@ -318,7 +330,7 @@ class Phases:
         self._span: Span | None = None
         self._token: Any = None
         self._parent: Context | None = None
-        if tracer is not None and _recording():
+        if tracer is not None and recording():
             from opentelemetry import context
 
             self._parent = context.get_current()

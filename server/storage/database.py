@@ -138,7 +138,7 @@ class Rows:
         self.pooled = pooled  # the pool's connection, when the read checked one out itself
 
     def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        if tracing.tracer is not None:
+        if tracing.tracer is not None and tracing.recording():
             system, text = (
                 ("postgresql", sql.postgresql) if self._postgresql else ("sqlite", sql.sqlite)
             )
@@ -284,8 +284,8 @@ class Database:
             self.replica.start()
 
     def read(self) -> AbstractContextManager[Rows]:
-        """A read (see _read), in a span of its own when the call is traced."""
-        if tracing.tracer is None:
+        """A read (see _read), in a span of its own when the call is sampled."""
+        if tracing.tracer is None or not tracing.recording():
             return self._reading() if self.replica is None else self._read()
         return tracing.database_work("read", self._read(), self._system)
 
@@ -407,8 +407,8 @@ class Database:
             self.engine.dispose()
 
     def write(self) -> AbstractContextManager[Session]:
-        """A write transaction (see _write), in a span of its own when the call is traced."""
-        if tracing.tracer is None:
+        """A write transaction (see _write), in a span of its own when the call is sampled."""
+        if tracing.tracer is None or not tracing.recording():
             return self._write()
         return tracing.database_work("write", self._write(), self._system)
 
