@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 
+@dataclass
 class Server:
     """`python -m server serve` over one database, on a free port of 127.0.0.1."""
 
