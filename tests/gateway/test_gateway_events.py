@@ -135,3 +135,11 @@ def test_native_grpc_watch_through_envoy(events_gateway: Gateway) -> None:
             break
     call.cancel()
     channel.close()
+
+
+def test_head_answers_at_once_without_a_stream(events_gateway: Gateway) -> None:
+    started = time.monotonic()
+    reply = events_gateway.rest.request("HEAD", "/api/orders/events")
+    assert reply.status == 200 and reply.body == b""
+    assert reply.content_type == "application/x-ndjson"
+    assert time.monotonic() - started < 10  # not held open like the GET it describes
