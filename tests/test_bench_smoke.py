@@ -41,6 +41,8 @@ ROWS = (
     "events: 50 watchers x",
     "events: commit -> delivery lag p99",
     "events: a transition's p50, outbox vs none",
+    "GetSummary, tracing 1% (direct gRPC)",
+    "ListOrders, tracing 100% (direct gRPC)",
 )
 # Without --django PATH the comparison with the Django service does not run: its rows say n/a.
 DJANGO_ROWS = (
