@@ -148,16 +148,16 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
     summary = pb.GetSummaryRequest(limit=50)
     paid = pb.Order.Status.Value("PAID")
 
-    async def summary_call(stub: pb_grpc.OrdersServiceStub) -> None:
+    async def summary_call(stub: pb_grpc.OrdersServiceAsyncStub) -> None:
         await stub.GetSummary(summary, timeout=10)
 
     first_page = pb.ListOrdersRequest(page_size=50)
 
-    async def list_call(stub: pb_grpc.OrdersServiceStub) -> None:
+    async def list_call(stub: pb_grpc.OrdersServiceAsyncStub) -> None:
         """ListOrders' first page of 50, newest first, with their items."""
         await stub.ListOrders(first_page, timeout=10)
 
-    async def mixed_call(stub: pb_grpc.OrdersServiceStub) -> None:
+    async def mixed_call(stub: pb_grpc.OrdersServiceAsyncStub) -> None:
         """Reads of every kind, and one write in ten (an order created, then paid)."""
         r = rng.random()
         if r < 0.3:
@@ -190,19 +190,21 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
         for ch in channels
     ]
 
-    async def health_call(stub: pb_grpc.OrdersServiceStub) -> None:
+    async def health_call(stub: pb_grpc.OrdersServiceAsyncStub) -> None:
         """The transport alone: grpc.health.v1 Check with an empty request."""
         await health[stubs.index(stub)](b"", timeout=10)
 
     calls = {"summary": summary_call, "list": list_call, "mixed": mixed_call, "health": health_call}
     call = calls[args.workload]
     latencies: list[float] = []
-    state = {"calls": 0, "errors": 0, "first_error": ""}
+    counts = {"calls": 0, "errors": 0}
+    first_error = ""
     measuring = False
     end = args.start_at + args.seconds
     hard_stop = time.time() + (args.start_at - time.time()) + args.seconds + 30
 
-    async def caller(stub: pb_grpc.OrdersServiceStub) -> None:
+    async def caller(stub: pb_grpc.OrdersServiceAsyncStub) -> None:
+        nonlocal first_error
         while True:
             now = time.time()
             if now >= end or now >= hard_stop:
@@ -212,13 +214,13 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
                 await call(stub)
             except grpc.aio.AioRpcError as exc:
                 if measuring:
-                    state["errors"] += 1
-                    if not state["first_error"]:
-                        state["first_error"] = f"{exc.code().name}: {exc.details()}"
+                    counts["errors"] += 1
+                    if not first_error:
+                        first_error = f"{exc.code().name}: {exc.details()}"
                 continue
             if measuring and time.time() <= end:
                 latencies.append(time.perf_counter() - started)
-                state["calls"] += 1
+                counts["calls"] += 1
 
     tasks = [asyncio.create_task(caller(stubs[i % len(stubs)])) for i in range(args.concurrency)]
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
@@ -233,9 +235,9 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
     if len(latencies) > 50_000:  # enough for percentiles; keeps the report small
         latencies = rng.sample(latencies, 50_000)
     return {
-        "calls": state["calls"],
-        "errors": state["errors"],
-        "first_error": state["first_error"],
+        "calls": counts["calls"],
+        "errors": counts["errors"],
+        "first_error": first_error,
         "seconds": t1 - t0,
         "cpu": cpu1 - cpu0,
         "latencies": latencies,
