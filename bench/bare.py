@@ -127,7 +127,8 @@ class BareServer:
         )
         try:
             with grpc.insecure_channel(f"unix:{self.socket}") as channel:
-                health_pb2_grpc.HealthStub(channel).Check(
+                # grpc_health types its messages, not its generated stub: mypy cannot see Check.
+                health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                     health_pb2.HealthCheckRequest(service=SERVICE), wait_for_ready=True, timeout=20
                 )
         except BaseException:

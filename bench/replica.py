@@ -27,7 +27,6 @@ import statistics
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +37,21 @@ import psycopg
 from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
+from .context import trailer_statements
 from .report import Row, Table, fmt_ms, fmt_ratio
-from .stack import ROOT, Server, free_port, libpq, migrate, say, seed_through_rpc
+from .stack import ROOT, Server, free_port, libpq, metric_sum, migrate, say, seed_through_rpc
 
 __all__ = ["ReplicaPhase"]
 
+# The tests' own clusters (pg_cluster.py), on a path of their own that mypy does not see.
 for _path in (ROOT / "tests" / "reliability", ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from pg_cluster import ClusterUnavailable, ThrowawayCluster  # noqa: E402
+from pg_cluster import ClusterUnavailable, ThrowawayCluster  # type: ignore[import-not-found]  # noqa: E402
 
 LSN_TRAILER = "x-orders-lsn"
 MIN_LSN_HEADER = "x-orders-min-lsn"
-STATEMENTS = "orders-sql-statements"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -89,19 +88,6 @@ def _ms(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _metric(port: int, name: str, **labels: str) -> float:
-    with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 class ReplicaPhase:
     def __init__(self, size_name: str, log_dir: Path) -> None:
         self.shape = _SHAPES.get(size_name, _SHAPES["medium"])
@@ -129,13 +115,16 @@ class ReplicaPhase:
         self.channels.append(channel)
         return pb_grpc.OrdersServiceStub(channel)
 
-    # ----------------------------------------------------------------------------------------
     def run(self, table: Table) -> None:
         try:
             primary = ThrowawayCluster()
         except ClusterUnavailable as exc:
             table.add(
-                Row("read replica: reads spread over primary + standby", "n/a", note=str(exc))
+                Row(
+                    workload="read replica: reads spread over primary + standby",
+                    project="n/a",
+                    note=str(exc),
+                )
             )
             return
         self.clusters.append(primary)
@@ -176,9 +165,9 @@ class ReplicaPhase:
         deadline = time.monotonic() + timeout
         stub = self._stub(server)
         while time.monotonic() < deadline:
-            before = _metric(metrics_port, "orders_db_reads_total", database="replica")
+            before = metric_sum(metrics_port, "orders_db_reads_total", database="replica")
             stub.GetSummary(pb.GetSummaryRequest(limit=1), timeout=10)
-            if _metric(metrics_port, "orders_db_reads_total", database="replica") > before:
+            if metric_sum(metrics_port, "orders_db_reads_total", database="replica") > before:
                 return
             time.sleep(0.2)
         raise RuntimeError("the standby never took reads")
@@ -188,15 +177,17 @@ class ReplicaPhase:
         results = {alone.name: _Mixed(), spread.name: _Mixed()}
         counters = ("primary", "replica")
         before = {
-            db: _metric(metrics_port, "orders_db_reads_total", database=db) for db in counters
+            db: metric_sum(metrics_port, "orders_db_reads_total", database=db) for db in counters
         }
         for r in range(self.shape.rounds):
             order = (alone, spread) if r % 2 == 0 else (spread, alone)
             for server in order:
                 self._mixed_window(server, results[server.name])
-        after = {db: _metric(metrics_port, "orders_db_reads_total", database=db) for db in counters}
+        after = {
+            db: metric_sum(metrics_port, "orders_db_reads_total", database=db) for db in counters
+        }
         served = {db: int(after[db] - before[db]) for db in counters}
-        lag = _metric(metrics_port, "orders_replica_lag_seconds")
+        lag = metric_sum(metrics_port, "orders_replica_lag_seconds")
         off, on = results[alone.name], results[spread.name]
         rate = {name: m.reads / m.seconds if m.seconds else 0.0 for name, m in results.items()}
         writes = {name: m.writes / m.seconds if m.seconds else 0.0 for name, m in results.items()}
@@ -227,10 +218,11 @@ class ReplicaPhase:
         )
         table.add(
             Row(
-                "read replica: reads/s with writes running, primary + standby vs primary only",
-                f"{rate[spread.name]:.0f} reads/s, {writes[spread.name]:.0f} writes/s",
-                f"{rate[alone.name]:.0f} reads/s, {writes[alone.name]:.0f} writes/s",
-                fmt_ratio(rate[spread.name] / rate[alone.name] if rate[alone.name] else None),
+                workload="read replica: reads/s with writes running, primary + standby vs"
+                " primary only",
+                project=f"{rate[spread.name]:.0f} reads/s, {writes[spread.name]:.0f} writes/s",
+                floor=f"{rate[alone.name]:.0f} reads/s, {writes[alone.name]:.0f} writes/s",
+                ratio=fmt_ratio(rate[spread.name] / rate[alone.name] if rate[alone.name] else None),
                 latency=f"{fmt_ms(_ms(on.read_latencies, 0.5))} / "
                 f"{fmt_ms(_ms(on.read_latencies, 0.99))} vs "
                 f"{fmt_ms(_ms(off.read_latencies, 0.5))} / "
@@ -326,7 +318,7 @@ class ReplicaPhase:
             started = time.perf_counter()
             _response, done = read()
             cases.setdefault(name, []).append(time.perf_counter() - started)
-            statements.setdefault(name, set()).add(int(_trailer(done, STATEMENTS) or 0))
+            statements.setdefault(name, set()).add(trailer_statements(done) or 0)
 
         def get(stub: pb_grpc.OrdersServiceStub, order_id: int, metadata: Any = None) -> Any:
             return lambda: stub.GetOrder.with_call(
@@ -347,7 +339,7 @@ class ReplicaPhase:
             "right after its write, with its position",
             "right after its write, primary only",
         )
-        fell_back = _metric(metrics_port, "orders_replica_fallbacks_total", reason="lsn")
+        fell_back = metric_sum(metrics_port, "orders_replica_fallbacks_total", reason="lsn")
         for r in range(self.shape.rounds):
             for name in names if r % 2 == 0 else tuple(reversed(names)):
                 for _ in range(self.shape.lsn_calls):
@@ -360,7 +352,7 @@ class ReplicaPhase:
                     else:
                         timed(name, write_then_read(off, False))
         fell_back = (
-            _metric(metrics_port, "orders_replica_fallbacks_total", reason="lsn") - fell_back
+            metric_sum(metrics_port, "orders_replica_fallbacks_total", reason="lsn") - fell_back
         )
         calls = self.shape.rounds * self.shape.lsn_calls
         self.figures["lsn_check"] = {
@@ -384,10 +376,10 @@ class ReplicaPhase:
                 )
             table.add(
                 Row(
-                    f"read replica: GetOrder, {name}",
-                    fmt_ms(p50),
-                    fmt_ms(base) if name != "no position" else "",
-                    fmt_ratio(p50 / base) if name != "no position" and base else "",
+                    workload=f"read replica: GetOrder, {name}",
+                    project=fmt_ms(p50),
+                    floor=fmt_ms(base) if name != "no position" else "",
+                    ratio=fmt_ratio(p50 / base) if name != "no position" and base else "",
                     statements="/".join(str(s) for s in sorted(statements[name])),
                     latency=f"{fmt_ms(p50)} / {fmt_ms(_ms(cases[name], 0.99))}",
                     note=note,

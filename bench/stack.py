@@ -41,6 +41,7 @@ from .tools import (
     ensure_tool,
     ensure_wrk,
     grpc_failures,
+    metric_sum,
     run_h2load,
     run_wrk,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "free_port",
     "grpc_failures",
     "libpq",
+    "metric_sum",
     "migrate",
     "pid_cpu",
     "process_tree",

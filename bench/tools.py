@@ -21,6 +21,7 @@ __all__ = [
     "ensure_tool",
     "ensure_wrk",
     "grpc_failures",
+    "metric_sum",
     "run_h2load",
     "run_wrk",
 ]
@@ -150,6 +151,21 @@ def grpc_failures(metrics_url: str) -> int:
         ):
             failed += float(line.rsplit(" ", 1)[1])
     return int(failed)
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """A Prometheus metric of the server on `port`, summed over the series with `labels`."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 @dataclass
