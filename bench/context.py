@@ -175,7 +175,7 @@ def trailer_statements(call: Any) -> int | None:
 
 def statements(values: Iterable[int | None]) -> str:
     """A set of statement counts as one cell: "2", "1-2", or "?" when none is known."""
-    known = sorted(v for v in values if v is not None)
+    known = sorted({v for v in values if v is not None})
     if not known:
         return "?"
     return str(known[0]) if len(known) == 1 else f"{known[0]}-{known[-1]}"
