@@ -14,7 +14,8 @@ for the receiver's work.
 Then the same calls in this process, through the server's own interceptor and servicer
 without a network (bench/tracing.py's _InProcess): tracing off, at 1% and at 100% alternated
 every 50 calls, the process's CPU time per call (the 100% batches' spans exported within their
-own window) as the median over the batches. Alternating that often cancels the drift of a shared
+own window), and what tracing adds as the median of each batch's difference from the off batch
+of the same alternation. Alternating that often cancels the drift of a shared
 machine's load, which the network rounds above cannot; the 1% target is checked on these
 figures: the CPU tracing adds to a call, as a share of what the call costs the server in all
 (the network rounds' CPU per call with tracing off, which includes gRPC's own work).
@@ -66,8 +67,8 @@ class _Shape:
 _SHAPES = {
     "tiny": _Shape(200, 0.5, 1, 5),
     "small": _Shape(1000, 2.0, 2, 20),
-    "medium": _Shape(2000, 2.0, 6, 60),
-    "large": _Shape(5000, 3.0, 8, 100),
+    "medium": _Shape(2000, 2.0, 6, 100),
+    "large": _Shape(5000, 3.0, 8, 200),
 }
 # (label, the OTEL_* variables of its server); the first is the baseline.
 CASES: tuple[tuple[str, dict[str, str]], ...] = (
@@ -86,7 +87,9 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = 0
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self, self._server
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
 
@@ -173,20 +176,17 @@ class _InProcess:
             servicer = OrdersServicer(book)  # type: ignore[call-arg]
         interceptor = CallInterceptor(AccessPolicy(), RIGHTS)
         self.calls: dict[str, Callable[[], Any]] = {}
-        for name, method, request in (
+        methods: tuple[tuple[str, Callable[..., Any], Any], ...] = (
             ("GetSummary", servicer.GetSummary, pb.GetSummaryRequest(limit=50)),
             ("ListOrders", servicer.ListOrders, pb.ListOrdersRequest(page_size=50)),
-        ):
-            handler = interceptor.intercept_service(
-                lambda _details, m=method: grpc.unary_unary_rpc_method_handler(m),
-                _Details(f"/orders.v1.OrdersService/{name}"),
-            )
-            assert handler is not None and handler.unary_unary is not None
-            call = handler.unary_unary
-            self.calls[name] = lambda c=call, r=request: c(r, _Context())
+        )
+        for name, method, request in methods:
+            self.calls[name] = _intercepted(interceptor, name, method, request)
 
-    def measure(self, name: str, batches: int) -> dict[str, float]:
-        """Median CPU microseconds per call of each case, over `batches` alternations."""
+    def measure(self, name: str, batches: int) -> tuple[dict[str, float], dict[str, float]]:
+        """CPU microseconds per call of each case, over `batches` alternations: the median of
+        each, and the median of each one's difference from the `off` batch of its own
+        alternation (neighbours in time share the machine's load of the moment)."""
         call = self.calls[name]
         per_call: dict[str, list[float]] = {label: [] for label in self.tracers}
         for _ in range(3):  # warm: connections, prepared statements
@@ -209,7 +209,12 @@ class _InProcess:
                     self.providers[label].force_flush()
                 per_call[label].append((time.process_time() - started) / self.BATCH * 1e6)
         self._tracing.tracer = None
-        return {label: statistics.median(v) for label, v in per_call.items()}
+        medians = {label: statistics.median(v) for label, v in per_call.items()}
+        added = {
+            label: statistics.median(a - b for a, b in zip(v, per_call["off"], strict=True))
+            for label, v in per_call.items()
+        }
+        return medians, added
 
     def close(self) -> None:
         self._tracing.tracer = None
@@ -218,10 +223,37 @@ class _InProcess:
         self.database.dispose()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Details:
     method: str
-    invocation_metadata: tuple[tuple[str, str], ...] = ()
+    invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+
+def _intercepted(
+    interceptor: Any, name: str, method: Callable[..., Any], request: Any
+) -> Callable[[], Any]:
+    """`method` of the servicer as the server runs it, inside the interceptor."""
+
+    def continuation(_details: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(method)
+
+    handler = interceptor.intercept_service(
+        continuation, _Details(f"/orders.v1.OrdersService/{name}")
+    )
+    assert handler is not None and handler.unary_unary is not None
+    unary = handler.unary_unary
+
+    def call() -> Any:
+        return unary(request, _Context())
+
+    return call
+
+
+def _tree_of(server: Server) -> Callable[[], list[int]]:
+    def pids() -> list[int]:
+        return process_tree(server.process.pid) if server.process else []
+
+    return pids
 
 
 class TracingPhase:
@@ -267,11 +299,7 @@ class TracingPhase:
                 for label in labels:
                     server = servers[label]
                     start_at = planned_start(0.5)
-                    window = CpuWindow(
-                        lambda s=server: process_tree(s.process.pid) if s.process else [],
-                        start_at,
-                        shape.seconds,
-                    )
+                    window = CpuWindow(_tree_of(server), start_at, shape.seconds)
                     result = run_load(
                         server.address,
                         workload,
@@ -318,13 +346,14 @@ class TracingPhase:
         in_process = _InProcess(url, endpoint)
         try:
             for name, _ in WORKLOADS:
-                cpu_us = in_process.measure(name, shape.batches)
+                cpu_us, added_us = in_process.measure(name, shape.batches)
                 figures[name]["in_process_cpu_us_per_call"] = cpu_us
+                figures[name]["in_process_added_us_per_call"] = added_us
                 off_us = cpu_us["off"]
                 # What a call costs the server in all, gRPC's own work included.
                 whole = figures[name]["median_cpu_us_per_call"]["off"] or off_us
                 for label, _ in CASES:
-                    added = cpu_us[label] - off_us
+                    added = added_us[label]
                     cost = added / whole
                     figures[name].setdefault("cost_of_a_call", {})[label] = cost
                     row = Row(
@@ -337,7 +366,8 @@ class TracingPhase:
                             "the same calls through the server's interceptor and servicer in "
                             "the bench's process, the three cases alternated every 50 calls: "
                             "CPU time a call (100%: its spans exported in its own window); "
-                            "what tracing adds, as a share of the whole call's CPU in the "
+                            "what tracing adds (the median difference from the off batch of "
+                            "the same alternation), as a share of the whole call's CPU in the "
                             "server with tracing off (the direct gRPC rows; bench/tracing.py)"
                             if label == "off" and name == WORKLOADS[0][0]
                             else ""
