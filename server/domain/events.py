@@ -138,9 +138,10 @@ class EventHub:
             self._closed = True
             self._lock.notify_all()
         self._wake.set()
-        ends = time.monotonic() + wait
-        for thread in self._threads:
-            thread.join(max(0.0, ends - time.monotonic()))
+        # The pump may be amid a database call, which must end before the engine is disposed;
+        # the listener holds only a connection of its own, closed with the process.
+        for thread in self._threads[:1]:
+            thread.join(wait)
 
     def notify(self) -> None:
         """Wakes the watchers to look at their state (one was cancelled)."""
