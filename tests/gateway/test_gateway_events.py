@@ -143,3 +143,38 @@ def test_head_answers_at_once_without_a_stream(events_gateway: Gateway) -> None:
     assert reply.status == 200 and reply.body == b""
     assert reply.content_type == "application/x-ndjson"
     assert time.monotonic() - started < 10  # not held open like the GET it describes
+
+
+def test_an_expired_cursor_is_a_400_that_says_to_start_again(
+    server_factory: ServerFactory, start_gateway: Callable[[OrdersServer], Gateway]
+) -> None:
+    gateway = start_gateway(
+        server_factory.start("events-retention", {**FAST, "ORDERS_EVENT_RETENTION": "1s"})
+    )
+    stub = gateway.server.stub
+    customer = new_customer(stub)
+    watcher = RestWatcher(gateway, customer_id=customer.id)
+    watcher.heartbeat()
+    new_order(stub, customer.id)
+    (event,) = watcher.events(1)
+    watcher.close()
+    new_order(stub, customer.id)  # the event after the cursor: once pruned, the cursor is stale
+    path = "/api/orders/events?" + urlencode({"customer_id": customer.id, "after": event["cursor"]})
+    # Retention runs every half of its period: within seconds the event is gone.
+    ends = time.monotonic() + 30
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.config.http_port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        status = response.status
+        body = response.read() if status != 200 else b""
+        connection.close()
+        if status != 200:
+            break
+        assert time.monotonic() < ends, "the event was never pruned"
+        time.sleep(0.2)
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "older than the oldest kept event" in error["message"]
+    assert "empty `after`" in error["message"]
