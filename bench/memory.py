@@ -3,6 +3,8 @@ when every sample is within 10% of the first."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
 from .context import Context, Stack, count_label
@@ -21,7 +23,9 @@ def run(ctx: Context, stack: Stack) -> None:
         orders = conn.execute("SELECT min(id), max(id) FROM orders").fetchone()
         customers = conn.execute("SELECT min(id), max(id) FROM customers").fetchone()
     assert orders is not None and customers is not None  # aggregates always return a row
-    start_at = planned_start(s.memory_warmup)
+    start_at = planned_start(s.memory_warmup)  # wall clock: the load's processes share it
+    # The sampler stamps its samples with the monotonic clock.
+    measured_from = time.monotonic() + (start_at - time.time())
     with RssSampler(server, interval=0.5, limit=s.memory_seconds + 120) as rss:
         cpu = CpuWindow(server.pids, start_at, s.memory_seconds)
         result = run_load(
@@ -35,7 +39,7 @@ def run(ctx: Context, stack: Stack) -> None:
             customer_ids=(int(customers[0]), int(customers[1])),
         )
         cores = cpu.cores()
-    window = [v for t, v in rss.samples if start_at <= t <= start_at + s.memory_seconds]
+    window = [v for t, v in rss.samples if measured_from <= t <= measured_from + s.memory_seconds]
     if not window:
         window = [v for _, v in rss.samples]
     first, top, low, last = window[0], max(window), min(window), window[-1]
