@@ -237,8 +237,11 @@ def test_a_stopped_replica_ends_its_watchers_and_another_resumes_them(
 ) -> None:
     first = server_factory.start("replica-a", FAST)
     # A second replica over the same database.
+    # What the way to the database asks of a server (a pooler: transaction pooling), as the
+    # factory gives its own.
+    env = {**server_factory.databases.server_env, **FAST}
     second = OrdersServer(
-        first.database_url, {**FAST}, tmp_path / "replica-b.log", "replica-b", migrate=False
+        first.database_url, env, tmp_path / "replica-b.log", "replica-b", migrate=False
     )
     second.start()
     try:

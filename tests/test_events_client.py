@@ -27,9 +27,8 @@ def test_the_client_resumes_on_another_replica_and_misses_nothing(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     first = server_factory.start("client-a", FAST)
-    second = OrdersServer(
-        first.database_url, dict(FAST), tmp_path / "b.log", "client-b", migrate=False
-    )
+    env = {**server_factory.databases.server_env, **FAST}
+    second = OrdersServer(first.database_url, env, tmp_path / "b.log", "client-b", migrate=False)
     second.start()
     # One target naming both replicas, as a balancer's address would: gRPC connects to the
     # first, and to the other once the first has gone.
