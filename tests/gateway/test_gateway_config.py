@@ -291,9 +291,11 @@ def test_cors_is_rendered_only_for_configured_origins() -> None:
 def test_every_rest_path_gets_an_options_and_a_405_route() -> None:
     paths = known_paths(http_rules(DESCRIPTOR_PATH))
     templates = [p.template for p in paths]
-    assert len(templates) == len(set(templates)) == 10, templates
-    # The literal /api/orders/summary must be matched before /api/orders/{id}.
-    assert templates.index("/api/orders/summary") < templates.index("/api/orders/{id}")
+    assert len(templates) == len(set(templates)) == 11, templates
+    # The literals /api/orders/summary and /api/orders/events must be matched before
+    # /api/orders/{id}.
+    for literal in ("/api/orders/summary", "/api/orders/events"):
+        assert templates.index(literal) < templates.index("/api/orders/{id}")
     by_template = {p.template: p for p in paths}
     assert by_template["/api/orders"].allowed == ("GET", "HEAD", "POST", "OPTIONS")
     assert by_template["/api/orders/{id}/pay"].allowed == ("POST", "OPTIONS")
