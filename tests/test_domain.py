@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from server.domain.errors import FailedPrecondition, InvalidArgument
 from server.domain.lifecycle import Action, Rollup, next_status, rollup_share
 from server.domain.paging import decode_token, encode_token, page_size
 from server.domain.records import NewItem, OrderFilter, Status
-from server.domain.seeding import plan_seed
+from server.domain.seeding import Phase, SeedRun, plan_seed
 from server.domain.validation import Violations, order_total
 
 # In process: no server (scripts/test --fast runs these).
@@ -128,3 +129,20 @@ def test_seed_plan_respects_the_row_cap() -> None:
     assert plan_seed(10, 10, 10, max_rows=1110).rows == 1110
     with pytest.raises(InvalidArgument, match="ORDERS_SEED_MAX_ROWS"):
         plan_seed(10, 10, 10, max_rows=1109)
+
+
+class _DoneBeforeFinished(SeedRun):
+    """A seed whose worker sets its last phase, then is slow to say it has finished (what a
+    loaded machine does between the two), while the reports go on."""
+
+    def _load(self) -> None:
+        self._phase = Phase.DONE
+        time.sleep(0.05)
+        self._finished.set()
+
+
+def test_a_seed_reports_its_outcome_once_even_if_a_snapshot_falls_before_the_finish() -> None:
+    # No database: the worker that would use it is replaced.
+    run = _DoneBeforeFinished(None, plan_seed(1, 1, 1, max_rows=10))  # type: ignore[arg-type]
+    reports = list(run.reports(interval=0.001))
+    assert [r.done for r in reports] == [False] * (len(reports) - 1) + [True]

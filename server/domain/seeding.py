@@ -191,7 +191,11 @@ class SeedRun:
         )
         self._thread.start()
         while not self._finished.wait(interval):
-            yield self.snapshot()
+            progress = self.snapshot()
+            # The worker sets its last phase a moment before it says it has finished: the
+            # outcome is reported once, below, not also by a snapshot taken in between.
+            if not progress.done:
+                yield progress
         yield self.snapshot()
 
     def cancel(self, wait: float = 30.0) -> None:
