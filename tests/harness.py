@@ -280,6 +280,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def as_foreground_program() -> None:
+    """A child's preexec_fn for tests that send it Ctrl-C: SIGINT as a terminal's foreground
+    program gets it. A test run started in the background (`cmd &` without job control)
+    ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerStartError(Exception):
     pass
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from harness import (
     OrdersServer,
+    as_foreground_program,
     free_port,
     list_all_customers,
     long_seed,
@@ -319,9 +320,7 @@ def run_in_terminal(
         stderr=secondary,
         env=env,
         close_fds=True,
-        # As a terminal's foreground program gets it. A test run started in the background
-        # (`cmd &` without job control) ignores SIGINT, and its children would inherit that.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_foreground_program,
     )
     os.close(secondary)
     chunks: list[bytes] = []

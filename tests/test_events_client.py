@@ -15,7 +15,14 @@ from typing import Any
 
 import grpc
 from events_watch import Watcher
-from harness import ROOT, OrdersServer, ServerFactory, new_customer, new_order
+from harness import (
+    ROOT,
+    OrdersServer,
+    ServerFactory,
+    as_foreground_program,
+    new_customer,
+    new_order,
+)
 from orders.v1 import orders_pb2 as pb
 
 from orders_client import OrdersClient
@@ -82,6 +89,7 @@ def _cli(target: str, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_foreground_program,
     )
 
 
