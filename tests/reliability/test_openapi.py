@@ -111,6 +111,10 @@ def _run_schemathesis(
         ",".join(CHECKS),
         "--request-timeout",
         "30",
+        # An open-ended stream: every case would wait out the request timeout. Its bad input
+        # (cursors, filters) is tested through Envoy in tests/gateway/test_gateway_events.py.
+        "--exclude-operation-id",
+        "WatchOrders",
         "--report",
         "json",
         "--report-json-path",
