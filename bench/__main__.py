@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -100,9 +101,18 @@ class Bench:
             timed("settle again", lambda: seeds.settle(stack))
         self.cases = timed("latencies", lambda: latencies.run(ctx, stack))
         timed("memory", lambda: memory.run(ctx, stack))
-        timed("read replica", lambda: self.replica.run(ctx.table))
-        timed("order events", lambda: self.events.run(ctx.table))
-        timed("tracing", lambda: self.tracing.run(ctx.table))
+        # The phases below start servers of their own: the first ones' pooled connections,
+        # idle from here on, would count against PostgreSQL's max_connections beside theirs.
+        ctx.close()
+        for name, phase in (
+            ("read replica", self.replica),
+            ("order events", self.events),
+            ("tracing", self.tracing),
+        ):
+            try:
+                timed(name, partial(phase.run, ctx.table))
+            finally:
+                phase.close()  # as soon as it is done, for the same reason as ctx.close()
         timed("vs Django", lambda: self.django.run(ctx.table))
 
     def close(self) -> None:

@@ -103,6 +103,9 @@ class Context:
             self.gateway.stop()
         for server in self.servers:
             server.stop()
+        self.channels.clear()
+        self.gateway = None
+        self.servers.clear()
 
 
 @dataclass

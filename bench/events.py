@@ -95,6 +95,8 @@ class EventsPhase:
             channel.close()
         for server in self.servers:
             server.stop()
+        self.channels.clear()
+        self.servers.clear()
 
     def _server(self, label: str, no_outbox: bool = False) -> Server:
         url = self.dbs.create(f"events_{label}")

@@ -103,6 +103,8 @@ class ReplicaPhase:
             channel.close()
         for server in self.servers:
             server.stop()
+        self.channels.clear()
+        self.servers.clear()
         for cluster in reversed(self.clusters):
             try:
                 cluster.destroy()

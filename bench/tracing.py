@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -122,6 +122,10 @@ class _Context:
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return True
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        """A failed call (the interceptor's way out): the bench reports it as what it was."""
+        raise RuntimeError(f"the call failed: {status.code.name}: {status.details}")
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
