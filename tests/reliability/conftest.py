@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests (issue 5): secrets and deadlines where they need
+"""Fixtures of the reliability tests: secrets and deadlines where they need
 PostgreSQL or Envoy (points 2-3), fuzzing through Envoy and over gRPC, faults (a database
 restarted, seeds interrupted, a replica killed) and concurrency (points 4-9).
 

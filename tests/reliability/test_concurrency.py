@@ -1,4 +1,4 @@
-"""Concurrency (issue 5, point 9), on SQLite and PostgreSQL.
+"""Concurrency, on SQLite and PostgreSQL.
 
 - 50 pay/ship/cancel/archive calls at once on the same few orders: every call ends in success
   or FAILED_PRECONDITION, every end state is legal, and the outcomes are LINEARIZABLE: there is

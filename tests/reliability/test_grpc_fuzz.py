@@ -1,6 +1,6 @@
 """hypothesis drives every RPC over direct gRPC, in random sequences, with arbitrary field
 values: huge, negative, unicode, empty, NUL, unknown enum numbers, ids that exist and ids that
-do not (issue 5, point 5).
+do not.
 
 No call may end in INTERNAL or UNKNOWN, and none may leak the server's insides. Where the
 contract and docs/architecture.md say what must happen, the test predicts it from the rows it

@@ -1,4 +1,4 @@
-"""Work interrupted half-way (issue 5, point 7), on SQLite and PostgreSQL.
+"""Work interrupted half-way, on SQLite and PostgreSQL.
 
 - A REST client that drops its connection in the middle of a seed's stream, through Envoy:
   none of the seed's rows remain, and the server takes the next seed (PostgreSQL only: the

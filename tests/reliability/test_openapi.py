@@ -1,6 +1,6 @@
 """docs/openapi.yaml: generated from the protos' google.api.http routes (scripts/openapi),
 never stale, and true: schemathesis fuzzes every route through Envoy into a server on
-PostgreSQL, and no answer is a 5xx or strays from the document (issue 5, point 4).
+PostgreSQL, and no answer is a 5xx or strays from the document.
 
 The bounded run tries up to 10 generated cases per operation besides schemathesis' coverage and
 stateful phases (a fixed seed: the same cases every run); with ORDERS_RELIABILITY_LONG=1

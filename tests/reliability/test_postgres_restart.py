@@ -1,4 +1,4 @@
-"""PostgreSQL crashes and comes back under a steady load (issue 5, point 6).
+"""PostgreSQL crashes and comes back under a steady load.
 
 A throwaway cluster of the test's own (pg_cluster.py) serves one orders server, with Envoy in
 front. While gRPC and REST callers create and read orders, the cluster is stopped in

@@ -1,4 +1,4 @@
-"""Two server replicas behind one Envoy, over one PostgreSQL database (issue 5, point 8).
+"""Two server replicas behind one Envoy, over one PostgreSQL database.
 
 Envoy's configuration is envoy.yaml exactly as the gateway renders it for several upstreams
 (GatewayConfig.upstream_sockets: the replicas' Unix sockets), and each replica runs with the

@@ -1,4 +1,4 @@
-"""A REST call's deadline reaches the database (issue 5, point 3: "deadlines honoured end to
+"""A REST call's deadline reaches the database ("deadlines honoured end to
 end: the remaining deadline becomes the statement timeout; an expired call stops its query").
 
 A native gRPC caller's grpc-timeout travels through Envoy as it is (tests/test_deadlines.py

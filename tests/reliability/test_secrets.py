@@ -1,4 +1,4 @@
-"""Secrets never appear in logs (issue 5, point 2): the database password in DATABASE_URL, in
+"""Secrets never appear in logs: the database password in DATABASE_URL, in
 `python -m server migrate`, `serve` and `check` output at DEBUG, whether the database answers
 or not,
 and the API and admin tokens (tests/test_access.py and tests/gateway/test_gateway_auth.py
