@@ -75,18 +75,7 @@ def add_rows(table: Table, figures: dict[str, Any], measured: Measured | None, w
         title = f"REST vs Django: {w.title} p50, a new connection a request"
         target = f">= {w.target:g}x faster (Django p50 / ours)"
         if measured is None:
-            note = said.pop() if said else ""
-            table.add(
-                Row(
-                    workload=title,
-                    project="n/a",
-                    floor="Django: n/a",
-                    ratio="n/a",
-                    target=target,
-                    verdict="n/a",
-                    note=note,
-                )
-            )
+            table.add(_not_measured(title, target, said.pop() if said else ""))
             continue
         cases = measured.cases
         ours, django, floor = cases[w.key]
@@ -158,17 +147,7 @@ def add_rows(table: Table, figures: dict[str, Any], measured: Measured | None, w
                 note = said.pop() if said else ""
             else:
                 note = "wrk is not installed (Debian package wrk) and was not installed"
-            table.add(
-                Row(
-                    workload=title,
-                    project="n/a",
-                    floor="Django: n/a",
-                    ratio="n/a",
-                    target=target,
-                    verdict="n/a",
-                    note=note,
-                )
-            )
+            table.add(_not_measured(title, target, note))
             continue
         ours_runs, django_runs, floor_runs = runs
         ours_rps = sum(r.requests_per_second for r in ours_runs) / len(ours_runs)
@@ -218,3 +197,15 @@ def add_rows(table: Table, figures: dict[str, Any], measured: Measured | None, w
             w.key: (measured.cases[w.key][0].p50_ms, measured.cases[w.key][1].p50_ms)
             for w in LATENCY
         }
+
+
+def _not_measured(title: str, target: str, note: str) -> Row:
+    return Row(
+        workload=title,
+        project="n/a",
+        floor="Django: n/a",
+        ratio="n/a",
+        target=target,
+        verdict="n/a",
+        note=note,
+    )
