@@ -15,7 +15,7 @@ import grpc
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
 from .report import Table
-from .stack import BenchDatabases, Gateway, Server, free_port, migrate, say
+from .stack import BenchDatabases, Gateway, Server, free_port, migrate, say, stop_all
 
 __all__ = ["SIZES", "Context", "Measured", "Size", "Stack", "count_label", "setup", "statements"]
 
@@ -97,15 +97,10 @@ class Context:
 
     def close(self) -> None:
         """Channels, Envoy and servers; the databases are dropped by the caller, last."""
-        for channel in self.channels:
-            channel.close()
         if self.gateway is not None:
             self.gateway.stop()
-        for server in self.servers:
-            server.stop()
-        self.channels.clear()
-        self.gateway = None
-        self.servers.clear()
+            self.gateway = None
+        stop_all(self.channels, self.servers)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from orders.v1 import orders_pb2 as pb
 from orders.v1 import orders_pb2_grpc as pb_grpc
 
 from .report import Row, Table, fmt_ms, fmt_ratio, verdict
-from .stack import BenchDatabases, Server, libpq, migrate, say
+from .stack import BenchDatabases, Server, libpq, migrate, say, stop_all
 
 __all__ = ["EventsPhase"]
 
@@ -91,12 +91,7 @@ class EventsPhase:
         self.figures: dict[str, Any] = {}
 
     def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-        for server in self.servers:
-            server.stop()
-        self.channels.clear()
-        self.servers.clear()
+        stop_all(self.channels, self.servers)
 
     def _server(self, label: str, no_outbox: bool = False) -> Server:
         url = self.dbs.create(f"events_{label}")

@@ -39,7 +39,17 @@ from orders.v1 import orders_pb2_grpc as pb_grpc
 
 from .context import trailer_statements
 from .report import Row, Table, fmt_ms, fmt_ratio
-from .stack import ROOT, Server, free_port, libpq, metric_sum, migrate, say, seed_through_rpc
+from .stack import (
+    ROOT,
+    Server,
+    free_port,
+    libpq,
+    metric_sum,
+    migrate,
+    say,
+    seed_through_rpc,
+    stop_all,
+)
 
 __all__ = ["ReplicaPhase"]
 
@@ -99,12 +109,7 @@ class ReplicaPhase:
         self.rng = random.Random(11)
 
     def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-        for server in self.servers:
-            server.stop()
-        self.channels.clear()
-        self.servers.clear()
+        stop_all(self.channels, self.servers)
         for cluster in reversed(self.clusters):
             try:
                 cluster.destroy()

@@ -73,6 +73,7 @@ __all__ = [
     "say",
     "seed_through_rpc",
     "server_env",
+    "stop_all",
     "tree_rss",
 ]
 
@@ -204,6 +205,16 @@ def seed_through_rpc(address: str, customers: int, orders: int, items: int) -> N
 
 # --------------------------------------------------------------------------------------------
 # Envoy
+
+
+def stop_all(channels: list[grpc.Channel], servers: list[Server]) -> None:
+    """Closes the channels, stops the servers and forgets both: safe to call again."""
+    for channel in channels:
+        channel.close()
+    for server in servers:
+        server.stop()
+    channels.clear()
+    servers.clear()
 
 
 class Gateway:
